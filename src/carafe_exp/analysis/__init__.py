@@ -1,0 +1,1 @@
+"""Analysis tools: complexity accounting and the tables printed beside the papers."""

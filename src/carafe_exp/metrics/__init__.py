@@ -1,0 +1,1 @@
+"""Evaluation metrics: COCO AP, top-k accuracy and friends."""

@@ -1,0 +1,1 @@
+"""Models built from torchvision components with swappable resampling sites."""

@@ -1,0 +1,106 @@
+"""Feature Pyramid Network whose top-down ×2 upsampling is a swappable resampler (CARAFE §4.1).
+
+``ResampledFPN`` subclasses torchvision's ``FeaturePyramidNetwork`` and replaces only the
+top-down ``F.interpolate``: one upsampler module per top-down step (``upsamplers[i]`` takes
+level i+1 to level i). ``inner_blocks``/``layer_blocks``/``extra_blocks`` keep torchvision's
+names, so torchvision detection checkpoints load; with a parameter-free upsampler (nearest,
+the original FPN) the state dict is exactly torchvision's.
+
+``p6_in_top_down=True`` mirrors mmdetection's ``FPN_CARAFE`` with ``num_outs=5``: the extra
+level P6 is a 3×3 stride-2 conv on C5 made *before* the top-down pass, and takes part in it
+(P6 is upsampled into P5 too), then gets its own 3×3 output conv. Inputs must then be padded to
+a multiple of 64 so every ×2 step is exact. The output keeps torchvision's key ``"pool"`` for
+P6, so the RPN's anchor generator sees the same five levels either way.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from torch import Tensor, nn
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool
+
+from carafe_exp.resample import build_upsampler
+
+
+def _match_size(x: Tensor, size: Sequence[int]) -> Tensor:
+    """Crop (or, for an odd-sized lateral, zero-pad) ``x`` to ``size``.
+
+    Inputs padded to the FPN's stride make every ×2 step exact; this only guards callers who
+    feed unpadded images, where s·⌈H/2⌉ can exceed H by one (mmdetection's ``slice_as``).
+    """
+    h, w = int(size[0]), int(size[1])
+    if x.shape[-2] == h and x.shape[-1] == w:
+        return x
+    x = x[..., :h, :w]
+    pad_h, pad_w = h - x.shape[-2], w - x.shape[-1]
+    if pad_h or pad_w:
+        x = nn.functional.pad(x, (0, pad_w, 0, pad_h))
+    return x
+
+
+class ResampledFPN(FeaturePyramidNetwork):
+    """torchvision's FPN with the top-down ×2 upsampling done by ``build_upsampler(upsampler, C, 2)``."""
+
+    def __init__(self, in_channels_list: list[int], out_channels: int,
+                 upsampler: str | Mapping[str, Any] = "nearest", p6_in_top_down: bool = False,
+                 extra_blocks: ExtraFPNBlock | None = None,
+                 norm_layer: Callable[..., nn.Module] | None = None) -> None:
+        if p6_in_top_down and extra_blocks is not None:
+            raise ValueError("ResampledFPN: p6_in_top_down makes P6 itself; do not also pass extra_blocks")
+        if not p6_in_top_down and extra_blocks is None:
+            extra_blocks = LastLevelMaxPool()
+        super().__init__(in_channels_list, out_channels, extra_blocks=None if p6_in_top_down else extra_blocks,
+                         norm_layer=norm_layer)
+        self.p6_in_top_down = p6_in_top_down
+        steps = len(in_channels_list) - 1 + (1 if p6_in_top_down else 0)
+        self.upsamplers = nn.ModuleList(build_upsampler(upsampler, out_channels, 2) for _ in range(steps))
+        if p6_in_top_down:
+            # mmdetection FPN_CARAFE: extra lateral = 3x3 s2 conv on C5, extra output = 3x3 conv.
+            self.p6_lateral = nn.Conv2d(in_channels_list[-1], out_channels, 3, stride=2, padding=1)
+            self.p6_output = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+            for conv in (self.p6_lateral, self.p6_output):
+                nn.init.kaiming_uniform_(conv.weight, a=1)
+                nn.init.constant_(conv.bias, 0)
+
+    @property
+    def size_divisor(self) -> int:
+        """The multiple the input image must be padded to so that every ×2 step is exact."""
+        return 64 if self.p6_in_top_down else 32
+
+    def forward(self, x: dict[str, Tensor]) -> dict[str, Tensor]:
+        names = list(x.keys())
+        feats = list(x.values())
+        num_levels = len(feats)
+
+        laterals = [self.get_result_from_inner_blocks(f, i) for i, f in enumerate(feats)]
+        if self.p6_in_top_down:
+            laterals.append(self.p6_lateral(feats[-1]))
+        # Top-down: upsamplers[i] takes the running top-down map of level i+1 to level i.
+        for i in range(len(laterals) - 2, -1, -1):
+            up = self.upsamplers[i](laterals[i + 1])
+            laterals[i] = laterals[i] + _match_size(up, laterals[i].shape[-2:])
+
+        results = [self.get_result_from_layer_blocks(laterals[i], i) for i in range(num_levels)]
+        if self.p6_in_top_down:
+            results.append(self.p6_output(laterals[-1]))
+            names = names + ["pool"]
+        elif self.extra_blocks is not None:
+            results, names = self.extra_blocks(results, feats, names)
+        return OrderedDict(zip(names, results))
+
+
+def upsampler_sites(fpn: ResampledFPN) -> list[str]:
+    """Names of the top-down steps (for logging which site got which resampler)."""
+    return [f"fpn.P{i + 3}->P{i + 2}" for i in range(len(fpn.upsamplers))]
+
+
+def count_upsampler_parameters(fpn: ResampledFPN) -> int:
+    """Parameters added by the top-down upsamplers (0 for nearest/bilinear)."""
+    return sum(p.numel() for p in fpn.upsamplers.parameters())
+
+
+__all__ = ["ResampledFPN", "count_upsampler_parameters", "upsampler_sites"]

@@ -1,0 +1,149 @@
+"""Faster R-CNN and Mask R-CNN (R50/R101[-DCNv2]-FPN) with the CARAFE resampling sites.
+
+Built from torchvision's ``FasterRCNN`` / ``MaskRCNN`` (RPN, RoI heads, anchor generator,
+``GeneralizedRCNNTransform``), so parameter names and checkpoints are torchvision's. Sites
+(``sites`` mapping, ``true`` puts the chosen resampler there, ``false`` keeps the original op):
+
+- ``fpn``: every top-down ×2 step of the FPN (original: nearest);
+- ``mask_head``: the mask predictor's 14→28 upsampling (original: 2×2 deconv + ReLU);
+- ``backbone``: ResNet's stem max-pool and the stride-2 of layer2–4's first bottleneck.
+
+Images are resized inside the model (short side ``min_size``, long side at most ``max_size``)
+and padded to a multiple of 32, or 64 with ``fpn_p6``; predictions come back in the coordinates
+of the images given to ``forward``. ``num_classes`` counts object categories without the
+background class.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from carafe_exp.errors import ConfigError
+from carafe_exp.models.detection_backbone import FPN_CHANNELS, build_detection_backbone
+from carafe_exp.models.mask_head import ResampledMaskPredictor, mask_head_upsampler_spec
+from carafe_exp.resample import ORIGINAL_DOWNSAMPLER
+from carafe_exp.resample.registry import split_spec
+
+log = logging.getLogger(__name__)
+
+DETECTION_SITES = ("fpn", "mask_head", "backbone")
+# torchvision's ImageNet normalisation (its detection checkpoints expect it).
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+
+# Arguments of torchvision's FasterRCNN that the configs may set (RPN and RoI-head budgets).
+_RCNN_KWARGS = frozenset({
+    "rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_train", "rpn_post_nms_top_n_test",
+    "rpn_nms_thresh", "rpn_fg_iou_thresh", "rpn_bg_iou_thresh", "rpn_batch_size_per_image",
+    "rpn_positive_fraction", "rpn_score_thresh", "box_score_thresh", "box_nms_thresh", "box_detections_per_img",
+    "box_fg_iou_thresh", "box_bg_iou_thresh", "box_batch_size_per_image", "box_positive_fraction",
+})
+
+
+def _check_sites(sites: Mapping[str, bool] | None, allowed: tuple[str, ...], model: str) -> dict[str, bool]:
+    sites = {str(k): bool(v) for k, v in dict(sites or {}).items()}
+    unknown = sorted(set(sites) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{model} has no site(s) {unknown}; model.sites may set {list(allowed)}")
+    return sites
+
+
+def _check_rcnn_kwargs(rcnn: Mapping[str, Any] | None) -> dict[str, Any]:
+    rcnn = dict(rcnn or {})
+    unknown = sorted(set(rcnn) - _RCNN_KWARGS)
+    if unknown:
+        raise ConfigError(f"model.rcnn got unknown key(s) {unknown}; allowed: {sorted(_RCNN_KWARGS)}")
+    return rcnn
+
+
+def _build(kind: str, num_classes: int, upsampler: str | Mapping[str, Any], downsampler: str | Mapping[str, Any],
+           sites: Mapping[str, bool] | None, backbone: Mapping[str, Any] | None, fpn_p6: bool,
+           min_size: int, max_size: int, rcnn: Mapping[str, Any] | None,
+           mask_head_overrides: Mapping[str, Mapping[str, Any]] | None) -> FasterRCNN:
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"num_classes must be a positive int (object categories without background), "
+                          f"got {num_classes!r}")
+    allowed = DETECTION_SITES if kind == "mask_rcnn" else ("fpn", "backbone")
+    enabled = _check_sites(sites, allowed, kind)
+    rcnn_kwargs = _check_rcnn_kwargs(rcnn)
+    backbone_cfg = dict(backbone or {})
+    unknown = sorted(set(backbone_cfg) - {"depth", "weights", "dcn", "frozen_stages", "norm_eval", "allow_download"})
+    if unknown:
+        raise ConfigError(f"model.backbone got unknown key(s) {unknown}")
+    up_name, _ = split_spec(upsampler)
+    down_name, _ = split_spec(downsampler)
+
+    body, used = build_detection_backbone(
+        depth=int(backbone_cfg.get("depth", 50)), weights=backbone_cfg.get("weights"),
+        dcn=bool(backbone_cfg.get("dcn", False)), frozen_stages=int(backbone_cfg.get("frozen_stages", 1)),
+        norm_eval=bool(backbone_cfg.get("norm_eval", True)),
+        allow_download=bool(backbone_cfg.get("allow_download", False)),
+        fpn_upsampler=upsampler if enabled.get("fpn", False) else "nearest",
+        backbone_downsampler=downsampler if enabled.get("backbone", False) else None,
+        fpn_p6=fpn_p6)
+    cls = MaskRCNN if kind == "mask_rcnn" else FasterRCNN
+    model = cls(body, num_classes=num_classes + 1, min_size=min_size, max_size=max_size,
+                image_mean=list(IMAGE_MEAN), image_std=list(IMAGE_STD), **rcnn_kwargs)
+    model.transform = GeneralizedRCNNTransform(min_size, max_size, list(IMAGE_MEAN), list(IMAGE_STD),
+                                               size_divisible=body.size_divisor)
+    if kind == "mask_rcnn" and enabled.get("mask_head", False):
+        spec = mask_head_upsampler_spec(upsampler, mask_head_overrides)
+        model.roi_heads.mask_predictor = ResampledMaskPredictor(FPN_CHANNELS, num_classes + 1, spec)
+        used["mask_head"] = ["roi_heads.mask_predictor.conv5_mask"]
+
+    _log_sites(kind, enabled, used, up_name, down_name, fpn_p6)
+    return model
+
+
+def _log_sites(kind: str, enabled: Mapping[str, bool], used: Mapping[str, list[str]], up_name: str,
+               down_name: str, fpn_p6: bool) -> None:
+    up_sites = [s for s in ("fpn", "mask_head") if enabled.get(s, False)]
+    for site in up_sites:
+        log.info("%s site %s: upsampler %r at %s", kind, site, up_name, ", ".join(used.get(site, [])))
+    if fpn_p6:
+        log.info("%s: P6 is made from C5 before the top-down pass and takes part in it (FPN_CARAFE)", kind)
+    if enabled.get("backbone", False):
+        log.info("%s site backbone: downsampler %r at %s", kind, down_name,
+                 ", ".join(used.get("backbone", [])) or "none (the original strided convs)")
+    if not up_sites and up_name != "nearest":
+        log.warning("upsampler=%s is not used: no upsampling site of %s is enabled (model.sites)", up_name, kind)
+    if not enabled.get("backbone", False) and down_name != ORIGINAL_DOWNSAMPLER:
+        log.warning("downsampler=%s is not used: model.sites.backbone is false", down_name)
+
+
+def build_faster_rcnn(num_classes: int, upsampler: str | Mapping[str, Any] = "nearest",
+                      downsampler: str | Mapping[str, Any] = ORIGINAL_DOWNSAMPLER,
+                      sites: Mapping[str, bool] | None = None, backbone: Mapping[str, Any] | None = None,
+                      fpn_p6: bool = False, min_size: int = 800, max_size: int = 1333,
+                      rcnn: Mapping[str, Any] | None = None) -> FasterRCNN:
+    """Faster R-CNN R-``backbone.depth``-FPN for ``num_classes`` object categories.
+
+    ``sites`` may enable ``fpn`` and ``backbone``; ``backbone`` holds depth, weights (None, a
+    torchvision weights name in the hub cache, or a local path), dcn, frozen_stages, norm_eval;
+    ``rcnn`` passes RPN/RoI budgets (``box_batch_size_per_image`` ...) on to torchvision.
+    """
+    return _build("faster_rcnn", num_classes, upsampler, downsampler, sites, backbone, fpn_p6, min_size,
+                  max_size, rcnn, None)
+
+
+def build_mask_rcnn(num_classes: int, upsampler: str | Mapping[str, Any] = "nearest",
+                    downsampler: str | Mapping[str, Any] = ORIGINAL_DOWNSAMPLER,
+                    sites: Mapping[str, bool] | None = None, backbone: Mapping[str, Any] | None = None,
+                    fpn_p6: bool = False, min_size: int = 800, max_size: int = 1333,
+                    rcnn: Mapping[str, Any] | None = None,
+                    mask_head_overrides: Mapping[str, Mapping[str, Any]] | None = None) -> MaskRCNN:
+    """Mask R-CNN: :func:`build_faster_rcnn` plus the mask branch and its ``mask_head`` site.
+
+    ``mask_head_overrides`` maps an upsampler name to parameters used at the mask head only
+    (mmdetection's CARAFE Mask R-CNN: ``{carafe: {k_up: 3}}``).
+    """
+    return _build("mask_rcnn", num_classes, upsampler, downsampler, sites, backbone, fpn_p6, min_size,
+                  max_size, rcnn, mask_head_overrides)
+
+
+__all__ = ["DETECTION_SITES", "build_faster_rcnn", "build_mask_rcnn"]

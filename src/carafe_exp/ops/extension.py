@@ -1,0 +1,167 @@
+"""JIT build and loading of the compiled CARAFE extension (``csrc/``).
+
+The extension is built with ``torch.utils.cpp_extension.load`` and ninja on first use and
+cached in ``~/.cache/carafe-exp/ext/<torch version>-<cuda tag or cpu>-<hash>`` (or in
+``$CARAFE_EXP_EXT_DIR``). The hash covers the sources, the compiler flags and the machine
+(the CPU code is built with ``-march=native``), so a changed source or a home directory
+shared between different machines never picks up a stale binary. torch's ``load`` holds a
+file lock in the build directory, so concurrent processes (pytest -n 2) build once.
+
+CUDA kernels are compiled only when CUDA is available or ``CARAFE_EXP_BUILD_CUDA=1``.
+
+Build ahead of time (``make ext``)::
+
+    python -m carafe_exp.ops.extension [--verbose] [--cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import platform
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from carafe_exp.ops import sources
+from carafe_exp.ops.cuda_toolkit import configure_cuda_home
+
+logger = logging.getLogger(__name__)
+
+EXT_DIR_ENV = "CARAFE_EXP_EXT_DIR"
+BUILD_CUDA_ENV = "CARAFE_EXP_BUILD_CUDA"
+
+CPU_FLAGS = ["-O3", "-march=native"]
+CUDA_FLAGS = ["-O3", "--expt-relaxed-constexpr"]
+# Compiled when no GPU is visible to pick the architecture from (a compile-only check, or a
+# build node without GPUs); sm_80 plus PTX runs on every GPU CUDA 13 supports from Ampere on.
+FALLBACK_CUDA_ARCH = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_80,code=compute_80"]
+
+
+class ExtensionBuildError(RuntimeError):
+    """The compiled extension could not be built or imported."""
+
+
+def cuda_requested() -> bool:
+    """Whether the default build includes the CUDA kernels."""
+    return torch.cuda.is_available() or os.environ.get(BUILD_CUDA_ENV, "") == "1"
+
+
+def _cpu_fingerprint() -> str:
+    # -march=native output is only valid on the CPU model that built it.
+    model = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "flags")):
+                model += line
+    except OSError:
+        pass
+    return model
+
+
+def _cuda_arch_flags() -> list[str]:
+    if os.environ.get("TORCH_CUDA_ARCH_LIST") or torch.cuda.device_count() > 0:
+        return []  # torch derives -gencode flags from the list or the visible GPUs
+    return list(FALLBACK_CUDA_ARCH)
+
+
+def _cuda_tag() -> str:
+    version = torch.version.cuda or "unknown"
+    return "cu" + version.replace(".", "")
+
+
+def build_directory(with_cuda: bool, cuda_flags: list[str]) -> Path:
+    """Where the extension of this configuration is (or will be) built."""
+    root = os.environ.get(EXT_DIR_ENV)
+    base = Path(root) if root else Path.home() / ".cache" / "carafe-exp" / "ext"
+    device_info = ""
+    if with_cuda:
+        capabilities = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
+        device_info = f"{cuda_flags}{os.environ.get('TORCH_CUDA_ARCH_LIST', '')}{capabilities}"
+    digest = sources.sources_digest(f"{CPU_FLAGS}{_cpu_fingerprint()}{device_info}{sys.version}")
+    tag = _cuda_tag() if with_cuda else "cpu"
+    return base / f"{torch.__version__.replace('+', '_')}-{tag}-{digest}"
+
+
+def build(with_cuda: bool | None = None, verbose: bool = False) -> ModuleType:
+    """Build (or reuse the cached build of) the extension and import it.
+
+    Raises ExtensionBuildError with the compiler's complaint when it fails.
+    """
+    from torch.utils import cpp_extension
+
+    if with_cuda is None:
+        with_cuda = cuda_requested()
+    cflags = list(CPU_FLAGS)
+    cuda_flags = list(CUDA_FLAGS)
+    if with_cuda:
+        toolkit = configure_cuda_home()
+        if toolkit is None:
+            raise ExtensionBuildError(
+                "CUDA kernels requested but no CUDA toolkit (bin/nvcc with lib64/libcudart.so) "
+                "was found; set CUDA_HOME"
+            )
+        cflags.append("-DCARAFE_WITH_CUDA")
+        cuda_flags += ["-DCARAFE_WITH_CUDA", *_cuda_arch_flags()]
+    directory = build_directory(with_cuda, cuda_flags)
+    directory.mkdir(parents=True, exist_ok=True)
+    name = "carafe_exp_ext_cuda" if with_cuda else "carafe_exp_ext_cpu"
+    try:
+        module = cpp_extension.load(
+            name=name,
+            sources=[str(path) for path in sources.source_paths(with_cuda)],
+            extra_cflags=cflags,
+            extra_cuda_cflags=cuda_flags if with_cuda else None,
+            extra_include_paths=[str(sources.csrc_dir())],
+            build_directory=str(directory),
+            with_cuda=with_cuda,
+            verbose=verbose,
+        )
+    except (RuntimeError, OSError, ImportError, ValueError, IndexError) as error:
+        raise ExtensionBuildError(f"building the CARAFE extension in {directory} failed: {error}") from error
+    logger.debug("CARAFE extension loaded from %s", directory)
+    return module
+
+
+@functools.lru_cache(maxsize=None)
+def _load_cached() -> ModuleType | ExtensionBuildError:
+    try:
+        return build()
+    except ExtensionBuildError as error:
+        return error
+
+
+def load() -> ModuleType:
+    """The extension for this process, built on first call; later calls reuse it.
+
+    A failure is remembered too, so a broken toolchain costs one build attempt per process.
+    """
+    result = _load_cached()
+    if isinstance(result, ExtensionBuildError):
+        raise result
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: build the extension ahead of time."""
+    parser = argparse.ArgumentParser(prog="python -m carafe_exp.ops.extension", description=__doc__.splitlines()[0])
+    parser.add_argument("--verbose", action="store_true", help="show the compiler commands and output")
+    parser.add_argument("--cuda", action="store_true", help="also compile the CUDA kernels (needs nvcc, not a GPU)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with_cuda = True if args.cuda else None
+    try:
+        module = build(with_cuda=with_cuda, verbose=args.verbose)
+    except ExtensionBuildError as error:
+        logger.error("%s", error)
+        return 1
+    logger.info("CARAFE extension ready: %s (CUDA kernels: %s)", module.__file__, module.has_cuda)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

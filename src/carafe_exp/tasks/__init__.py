@@ -1,0 +1,1 @@
+"""LightningModules: one per task, owning loss, optimiser, schedule and metrics."""

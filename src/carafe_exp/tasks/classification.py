@@ -1,0 +1,86 @@
+"""Image classification (CARAFE++ §5.1): cross-entropy, SGD, top-1/top-5 via torchmetrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from carafe_exp.tasks.base import ResamplingTask
+
+
+class ClassificationTask(ResamplingTask):
+    """Trains ``model`` (images → logits) and reports ``top1``/``top5`` in percent and inference ``fps``."""
+
+    def __init__(self, model: nn.Module, optimizer: Mapping[str, Any], schedule: Mapping[str, Any],
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__(model, optimizer, schedule)
+        self.label_smoothing = float(label_smoothing)
+        num_classes = self._num_classes(model)
+        top_k = min(5, num_classes)
+        self.metrics = nn.ModuleDict({
+            f"{stage}_{name}": MulticlassAccuracy(num_classes, top_k=k, average="micro")
+            for stage in ("val", "test") for name, k in (("top1", 1), ("top5", top_k))
+        })
+        self._test_seconds = 0.0
+        self._test_images = 0
+
+    @staticmethod
+    def _num_classes(model: nn.Module) -> int:
+        head = getattr(model, "fc", None)
+        if isinstance(head, nn.Linear):
+            return head.out_features
+        raise TypeError(f"cannot tell the number of classes of {type(model).__name__}: it has no Linear `fc`")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        loss = F.cross_entropy(self(images), labels, label_smoothing=self.label_smoothing)
+        self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
+        return loss
+
+    def _evaluate(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        images, labels = batch
+        logits = self(images)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, labels), sync_dist=True, batch_size=images.shape[0])
+        for name in ("top1", "top5"):
+            metric = self.metrics[f"{stage}_{name}"]
+            metric.update(logits, labels)
+
+    def _log_accuracy(self, stage: str) -> None:
+        for name in ("top1", "top5"):
+            metric = self.metrics[f"{stage}_{name}"]
+            self.log(f"{stage}/{name}", metric.compute() * 100.0, prog_bar=name == "top1")
+            metric.reset()
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_accuracy("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._test_seconds, self._test_images = 0.0, 0
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        self._evaluate("test", batch)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._test_seconds += time.perf_counter() - start
+        self._test_images += batch[0].shape[0]
+
+    def on_test_epoch_end(self) -> None:
+        self._log_accuracy("test")
+        fps = self._test_images / self._test_seconds if self._test_seconds > 0 else 0.0
+        # Images per second of one process; the mean over ranks is the per-device rate.
+        self.log("test/fps", fps, sync_dist=True)

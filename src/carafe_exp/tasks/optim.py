@@ -1,0 +1,90 @@
+"""Optimiser and learning-rate schedule from config, with the linear scaling rule.
+
+The task config gives the paper's optimiser (``lr`` at ``base_batch_size`` images per step);
+the schedule config gives its length and shape. The learning rate is scaled linearly to the
+real total batch (per-device batch × devices × nodes × gradient accumulation), and the
+scaling is logged so a run says what it actually used.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+log = logging.getLogger(__name__)
+
+
+def scaled_lr(lr: float, base_batch_size: int, total_batch_size: int) -> float:
+    """Linear scaling rule (Goyal et al. 2017): lr × total / base."""
+    if base_batch_size <= 0 or total_batch_size <= 0:
+        raise ValueError(f"batch sizes must be positive, got base={base_batch_size} total={total_batch_size}")
+    return lr * total_batch_size / base_batch_size
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]], cfg: Mapping[str, Any],
+                    total_batch_size: int) -> torch.optim.Optimizer:
+    """Make the optimiser named by ``cfg['name']`` (sgd, adam, adamw) with the linearly scaled lr."""
+    name = str(cfg.get("name", "sgd")).lower()
+    base_batch = int(cfg.get("base_batch_size", total_batch_size))
+    lr = scaled_lr(float(cfg["lr"]), base_batch, total_batch_size)
+    if total_batch_size != base_batch:
+        log.info("learning rate scaled linearly: %.4g at batch %d -> %.4g at batch %d",
+                 float(cfg["lr"]), base_batch, lr, total_batch_size)
+    weight_decay = float(cfg.get("weight_decay", 0.0))
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=float(cfg.get("momentum", 0.9)),
+                               weight_decay=weight_decay, nesterov=bool(cfg.get("nesterov", False)))
+    if name in ("adam", "adamw"):
+        betas = tuple(float(b) for b in cfg.get("betas", (0.9, 0.999)))
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        return cls(params, lr=lr, betas=betas, weight_decay=weight_decay)  # type: ignore[arg-type]
+    raise ValueError(f"unknown optimizer {name!r}; available: sgd, adam, adamw")
+
+
+def lr_factor(step: int, *, total_steps: int, steps_per_epoch: int, policy: str, milestones: Iterable[float] = (),
+              gamma: float = 0.1, power: float = 0.9, min_factor: float = 0.0, warmup_iters: int = 0,
+              warmup_factor: float = 0.001) -> float:
+    """Multiplier of the base lr at optimiser step ``step`` (0-based).
+
+    ``milestones`` are epochs for the step policy (mmdetection's 1x: [8, 11]). Warm-up is linear
+    from ``warmup_factor`` to 1 over ``warmup_iters`` steps, multiplied onto the policy.
+    """
+    total_steps = max(int(total_steps), 1)
+    if policy == "step":
+        epoch = step / max(steps_per_epoch, 1)
+        factor = gamma ** sum(1 for m in milestones if epoch >= float(m))
+    elif policy == "poly":
+        factor = max(1.0 - step / total_steps, 0.0) ** power
+        factor = min_factor + (1.0 - min_factor) * factor
+    elif policy == "cosine":
+        factor = min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * min(step / total_steps, 1.0)))
+    elif policy == "constant":
+        factor = 1.0
+    else:
+        raise ValueError(f"unknown lr policy {policy!r}; available: step, poly, cosine, constant")
+    if warmup_iters > 0 and step < warmup_iters:
+        alpha = step / warmup_iters
+        factor *= warmup_factor * (1.0 - alpha) + alpha
+    return factor
+
+
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, schedule: Mapping[str, Any], total_steps: int,
+                       steps_per_epoch: int) -> LambdaLR:
+    """A per-step LambdaLR following ``schedule`` (policy, milestones, gamma, power, warm-up)."""
+    kwargs = dict(
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+        policy=str(schedule.get("policy", "constant")),
+        milestones=tuple(schedule.get("milestones", ()) or ()),
+        gamma=float(schedule.get("gamma", 0.1)),
+        power=float(schedule.get("power", 0.9)),
+        min_factor=float(schedule.get("min_lr_factor", 0.0)),
+        warmup_iters=int(schedule.get("warmup_iters", 0)),
+        warmup_factor=float(schedule.get("warmup_factor", 0.001)),
+    )
+    return LambdaLR(optimizer, lambda step: lr_factor(step, **kwargs))

@@ -1,0 +1,100 @@
+"""Every registered resampler honours the size contract and back-propagates finite gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from carafe_exp.resample import DOWNSAMPLERS, UPSAMPLERS, build_downsampler, build_upsampler
+
+CHANNELS = 16
+ODD_SIZES = [(5, 7), (3, 1)]
+
+# Non-default settings that exercise other code paths of the same resampler.
+UPSAMPLER_VARIANTS = [(name, {}) for name in sorted(UPSAMPLERS)] + [
+    ("carafe", {"groups": 2, "normalizer": "sigmoid", "k_up": 3, "k_encoder": 1}),
+    ("carafe", {"c_m": None, "normalizer": "sigmoid_norm"}),
+    ("carafe", {"compressor_norm": True, "k_up": 7}),
+    ("dysample", {"dyscope": True}),
+    ("dysample", {"style": "pl", "groups": 2}),
+    ("deconv", {"kernel_size": 2}),
+    ("deconv", {"kernel_size": 4}),
+]
+DOWNSAMPLER_VARIANTS = [(name, {}) for name in sorted(DOWNSAMPLERS)] + [
+    ("carafe", {"groups": 4, "compressor_norm": False, "normalizer": "sigmoid_norm"}),
+    ("carafe", {"c_m": None, "k_down": 3}),
+    ("lip", {"logit_net": "bottleneck", "bottleneck_width": 8}),
+]
+# DySample with style 'pl' needs channels divisible by s²; InstanceNorm (LIP) needs more than one pixel.
+
+
+def _variant_id(variant: tuple[str, dict]) -> str:
+    name, params = variant
+    return name + "".join(f"-{k}={v}" for k, v in params.items())
+
+
+def _check_gradients(module: torch.nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
+    (out * torch.randn_like(out)).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    for name, parameter in module.named_parameters():
+        assert parameter.grad is not None, f"no gradient reached {name}"
+        assert torch.isfinite(parameter.grad).all(), f"non-finite gradient in {name}"
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+@pytest.mark.parametrize("variant", UPSAMPLER_VARIANTS, ids=_variant_id)
+def test_upsampler_returns_scaled_size_and_finite_gradients(variant: tuple[str, dict], scale: int) -> None:
+    name, params = variant
+    module = build_upsampler(name, CHANNELS, scale, **params)
+    for height, width in ODD_SIZES:
+        x = torch.randn(2, CHANNELS, height, width, requires_grad=True)
+        module.zero_grad()
+        out = module(x)
+        assert out.shape == (2, CHANNELS, scale * height, scale * width)
+        assert torch.isfinite(out).all()
+        _check_gradients(module, x, out)
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+@pytest.mark.parametrize("variant", DOWNSAMPLER_VARIANTS, ids=_variant_id)
+def test_downsampler_returns_ceil_size_and_finite_gradients(variant: tuple[str, dict], scale: int) -> None:
+    name, params = variant
+    module = build_downsampler(name, CHANNELS, scale, **params)
+    for height, width in [(7, 9), (5, 2)]:
+        x = torch.randn(2, CHANNELS, height, width, requires_grad=True)
+        module.zero_grad()
+        out = module(x)
+        assert out.shape == (2, CHANNELS, -(-height // scale), -(-width // scale))
+        assert torch.isfinite(out).all()
+        _check_gradients(module, x, out)
+
+
+def test_scale_one_is_identity_sized() -> None:
+    x = torch.randn(1, CHANNELS, 5, 6)
+    for name in UPSAMPLERS:
+        assert build_upsampler(name, CHANNELS, 1)(x).shape == x.shape, name
+    for name in DOWNSAMPLERS:
+        assert build_downsampler(name, CHANNELS, 1)(x).shape == x.shape, name
+
+
+def test_builders_reject_unknown_names_and_parameters() -> None:
+    with pytest.raises(ValueError, match="unknown upsampler 'bicubic'"):
+        build_upsampler("bicubic", CHANNELS, 2)
+    with pytest.raises(ValueError, match="k_dwn"):
+        build_downsampler({"name": "carafe", "k_dwn": 5}, CHANNELS, 2)
+    with pytest.raises(ValueError, match="k_up"):
+        build_upsampler("carafe", CHANNELS, 2, k_up=4)
+    with pytest.raises(ValueError, match="normalizer"):
+        build_upsampler("carafe", CHANNELS, 2, normalizer="tanh")
+    with pytest.raises(ValueError, match="groups"):
+        build_upsampler("carafe", CHANNELS, 2, groups=3)
+    with pytest.raises(ValueError, match="groups"):
+        build_upsampler("dysample", 6, 2)
+    with pytest.raises(ValueError, match="logit_net"):
+        build_downsampler("lip", CHANNELS, 2, logit_net="deep")
+
+
+def test_overrides_take_precedence_over_the_config() -> None:
+    module = build_upsampler({"name": "carafe", "k_up": 5, "c_m": 8}, CHANNELS, 2, k_up=3)
+    assert module.kernel_size == 3
+    assert module.kernel_predictor.encoder.in_channels == 8

@@ -1,20 +1,27 @@
 // CPU forward and backward kernels of CARAFE (upsampling) and CARAFE++ (downsampling).
 //
-// Layout of the work: every task is one (batch, group, row) triple, run in parallel with
-// at::parallel_for. Within a task the columns are processed in blocks; for one block the
-// kernel weights of all k*k taps are converted once into a float buffer (shared by all
-// channels of the group) and one input row per (channel, dy) is expanded into a small
-// "row buffer" in which the value read by output column x at horizontal offset dx sits at a
-// fixed shift from x. The hot loop then is `acc[i] += weight[i] * row[i + shift]` over
-// contiguous floats, which the compiler vectorises, whatever the strides of the tensors
-// (channels-last included): strides are only used when filling and draining the buffers.
-// Half types accumulate in float (at::opmath_type). Nothing output-sized is allocated.
+// Every quantity the operator computes is, for one row of one channel, a sum of products of
+// two rows shifted against each other: out[x] = sum_t K_t[x] * X[x + shift_t] and the same
+// for both gradients. The kernels therefore (1) copy the rows they need into small float
+// buffers laid out so that every term is a plain contiguous row with a fixed offset (input
+// rows upsampled or split into s phases, zero padded at the borders, converted to the
+// accumulation type), and (2) evaluate the sums in register-sized column chunks with the
+// term loop inside (dot_rows below), which the compiler vectorises with the accumulator in
+// registers. Strides are used only when filling and draining the buffers, so channels-last
+// and other non-contiguous tensors are read in place; nothing output-sized is allocated.
+//
+// Parallelism: at::parallel_for over (batch, group, row). Kernel weights are shared by the
+// channels of a group, so their buffers are filled once per task and reused for every
+// channel. Every gradient element is computed by exactly one task as a gather over the
+// outputs that read it: no atomics, deterministic results. Half types accumulate in float
+// (at::opmath_type).
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "carafe.h"
@@ -22,117 +29,280 @@
 namespace carafe_exp {
 namespace {
 
-// Output columns per block: the k*k weight rows of a block stay in L1/L2 across channels.
+// Output columns per block (the weight buffers of a block stay in L2 across channels).
 constexpr int64_t kColumnBlock = 256;
-// Upper bound on the per-task gradient accumulator (channels of a group x input columns).
-constexpr int64_t kAccumulatorElements = 32768;
 
 Strides4 strides_of(const at::Tensor& t) {
   return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
-// The row buffer that turns the horizontal gather into shifted contiguous reads.
-//
-// Upsampling: buffer[j] holds the input value that output column (x0 - s*r + j) reads at
-// offset 0 (nearest upsampling of the row), so output column x0+i at offset dx reads
-// buffer[i + s*(dx+r)].
-// Downsampling: the input row is split into s phases; phase p holds input columns
-// s*m + p for m = x0 + q_min + j, so output column x0+i at offset dx = s*q + p reads
-// phase p at position i + q - q_min.
-struct RowLayout {
-  int64_t length = 0;        // total floats in the buffer
-  int64_t phase_length = 0;  // downsampling: floats per phase
-  int64_t q_min = 0;         // downsampling: floor(-r / s)
-  std::vector<int64_t> shift;  // per dx in [0, k): where output column 0 reads
+// ---------------------------------------------------------------------------------------
+// Row buffers
 
-  RowLayout(const Geometry& g, int64_t block) : shift(g.kernel_size) {
+// dst[i] = row[(x_lo + i) * stride] for x_lo + i in [0, size), else 0; i in [0, count).
+template <typename scalar_t, typename acc_t>
+void load_padded(const scalar_t* row, int64_t stride, int64_t size, int64_t x_lo, int64_t count,
+                 acc_t* dst) {
+  const int64_t lo = std::min(count, std::max<int64_t>(0, -x_lo));
+  const int64_t hi = std::max(lo, std::min(count, size - x_lo));
+  std::fill(dst, dst + lo, acc_t(0));
+  const scalar_t* src = row + (x_lo + lo) * stride;
+  if (stride == 1) {
+    for (int64_t i = lo; i < hi; ++i) dst[i] = static_cast<acc_t>(src[i - lo]);
+  } else {
+    for (int64_t i = lo; i < hi; ++i) dst[i] = static_cast<acc_t>(src[(i - lo) * stride]);
+  }
+  std::fill(dst + hi, dst + count, acc_t(0));
+}
+
+// Nearest-upsampled input row: dst[i] = row[floor((x_lo + i) / s)], zero outside [0, width).
+template <typename scalar_t, typename acc_t>
+void load_upsampled(const scalar_t* row, int64_t stride, int64_t width, int64_t s, int64_t x_lo,
+                    int64_t count, acc_t* dst) {
+  int64_t i = 0;
+  int64_t ix = floor_div(x_lo, s);
+  int64_t phase = x_lo - ix * s;
+  // Leading partial group and left padding, one element at a time.
+  for (; i < count && (phase != 0 || ix < 0); ++i) {
+    dst[i] = (ix >= 0 && ix < width) ? static_cast<acc_t>(row[ix * stride]) : acc_t(0);
+    if (++phase == s) {
+      phase = 0;
+      ++ix;
+    }
+  }
+  // Interior: whole groups of s equal values, branch free.
+  const int64_t groups_left = std::max<int64_t>(0, std::min((count - i) / s, width - ix));
+  if (s == 2 && stride == 1) {
+    const scalar_t* src = row + ix;
+    acc_t* out = dst + i;
+    for (int64_t m = 0; m < groups_left; ++m) {
+      const acc_t v = static_cast<acc_t>(src[m]);
+      out[2 * m] = v;
+      out[2 * m + 1] = v;
+    }
+  } else {
+    for (int64_t m = 0; m < groups_left; ++m) {
+      const acc_t v = static_cast<acc_t>(row[(ix + m) * stride]);
+      for (int64_t p = 0; p < s; ++p) dst[i + m * s + p] = v;
+    }
+  }
+  i += groups_left * s;
+  ix += groups_left;
+  for (; i < count; ++i) {
+    dst[i] = (ix >= 0 && ix < width) ? static_cast<acc_t>(row[ix * stride]) : acc_t(0);
+    if (++phase == s) {
+      phase = 0;
+      ++ix;
+    }
+  }
+}
+
+// Input row split into s phases: phase p, position m holds row[s * (m_lo + m) + p] (zero
+// outside [0, width)), each phase `count` long, phases `pitch` apart.
+template <typename scalar_t, typename acc_t>
+void load_phases(const scalar_t* row, int64_t stride, int64_t width, int64_t s, int64_t m_lo,
+                 int64_t count, int64_t pitch, acc_t* dst) {
+  if (s == 1) {
+    load_padded(row, stride, width, m_lo, count, dst);
+    return;
+  }
+  // Interior positions m where every phase is inside the row.
+  const int64_t lo = std::min(count, std::max<int64_t>(0, -m_lo));
+  const int64_t hi = std::max(lo, std::min(count, width / s - m_lo));
+  if (s == 2 && stride == 1) {
+    const scalar_t* src = row + 2 * (m_lo + lo);
+    acc_t* even = dst + lo;
+    acc_t* odd = dst + pitch + lo;
+    for (int64_t m = 0; m < hi - lo; ++m) {
+      even[m] = static_cast<acc_t>(src[2 * m]);
+      odd[m] = static_cast<acc_t>(src[2 * m + 1]);
+    }
+  } else {
+    for (int64_t p = 0; p < s; ++p) {
+      acc_t* phase = dst + p * pitch;
+      for (int64_t m = lo; m < hi; ++m) {
+        phase[m] = static_cast<acc_t>(row[(s * (m_lo + m) + p) * stride]);
+      }
+    }
+  }
+  for (int64_t p = 0; p < s; ++p) {
+    acc_t* phase = dst + p * pitch;
+    for (int64_t m = 0; m < count; ++m) {
+      if (m >= lo && m < hi) {
+        m = hi - 1;
+        continue;
+      }
+      const int64_t ix = s * (m_lo + m) + p;
+      phase[m] = (ix >= 0 && ix < width) ? static_cast<acc_t>(row[ix * stride]) : acc_t(0);
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void store_row(const acc_t* values, int64_t count, scalar_t* row, int64_t stride) {
+  if (stride == 1) {
+    for (int64_t i = 0; i < count; ++i) row[i] = static_cast<scalar_t>(values[i]);
+  } else {
+    for (int64_t i = 0; i < count; ++i) row[i * stride] = static_cast<scalar_t>(values[i]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Sums of products of shifted rows
+
+// Explicit SIMD vectors (GCC/Clang vector extensions): left to itself the compiler
+// vectorises the term loop with gathers instead of the column loop. 32-byte vectors are
+// lowered to whatever the target has (AVX-512, AVX2, SSE pairs, NEON pairs).
+template <typename T>
+struct Simd;
+template <>
+struct Simd<float> {
+  typedef float type __attribute__((vector_size(32)));
+  static constexpr int64_t lanes = 8;
+};
+template <>
+struct Simd<double> {
+  typedef double type __attribute__((vector_size(32)));
+  static constexpr int64_t lanes = 4;
+};
+
+template <typename T>
+inline typename Simd<T>::type load_vec(const T* p) {
+  typename Simd<T>::type v;
+  std::memcpy(&v, p, sizeof(v));  // unaligned load
+  return v;
+}
+
+template <typename T>
+inline void store_vec(T* p, typename Simd<T>::type v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// Vectors per register chunk: enough independent accumulators to hide the FMA latency.
+constexpr int64_t kChunkVectors = 6;
+
+// out[i] = sum_t a[t][i] * b[t][i] for i in [0, count). The term loop is inside the column
+// chunk so the partial sums stay in registers.
+template <typename acc_t>
+void dot_rows(const acc_t* const* a, const acc_t* const* b, int64_t terms, int64_t count,
+              acc_t* __restrict__ out) {
+  using V = typename Simd<acc_t>::type;
+  constexpr int64_t L = Simd<acc_t>::lanes;
+  constexpr int64_t chunk = kChunkVectors * L;
+  int64_t x = 0;
+  for (; x + chunk <= count; x += chunk) {
+    V acc[kChunkVectors] = {};
+    for (int64_t t = 0; t < terms; ++t) {
+      const acc_t* pa = a[t] + x;
+      const acc_t* pb = b[t] + x;
+#pragma GCC unroll 8
+      for (int64_t v = 0; v < kChunkVectors; ++v) {
+        acc[v] += load_vec(pa + v * L) * load_vec(pb + v * L);
+      }
+    }
+#pragma GCC unroll 8
+    for (int64_t v = 0; v < kChunkVectors; ++v) store_vec(out + x + v * L, acc[v]);
+  }
+  for (; x + L <= count; x += L) {
+    V acc = {};
+    for (int64_t t = 0; t < terms; ++t) acc += load_vec(a[t] + x) * load_vec(b[t] + x);
+    store_vec(out + x, acc);
+  }
+  for (; x < count; ++x) {
+    acc_t acc = 0;
+    for (int64_t t = 0; t < terms; ++t) acc += a[t][x] * b[t][x];
+    out[x] = acc;
+  }
+}
+
+// acc[t][i] += g[i] * b[t][i] for every term t, i in [0, count): the kernel-gradient update,
+// with a chunk of g held in registers across the terms.
+template <typename acc_t>
+void scale_accumulate_rows(const acc_t* __restrict__ g, const acc_t* const* b, acc_t* const* acc,
+                           int64_t terms, int64_t count) {
+  using V = typename Simd<acc_t>::type;
+  constexpr int64_t L = Simd<acc_t>::lanes;
+  constexpr int64_t chunk = kChunkVectors * L;
+  int64_t x = 0;
+  for (; x + chunk <= count; x += chunk) {
+    V gv[kChunkVectors];
+#pragma GCC unroll 8
+    for (int64_t v = 0; v < kChunkVectors; ++v) gv[v] = load_vec(g + x + v * L);
+    for (int64_t t = 0; t < terms; ++t) {
+      const acc_t* pb = b[t] + x;
+      acc_t* pa = acc[t] + x;
+#pragma GCC unroll 8
+      for (int64_t v = 0; v < kChunkVectors; ++v) {
+        store_vec(pa + v * L, load_vec(pa + v * L) + gv[v] * load_vec(pb + v * L));
+      }
+    }
+  }
+  for (; x + L <= count; x += L) {
+    const V gv = load_vec(g + x);
+    for (int64_t t = 0; t < terms; ++t) {
+      store_vec(acc[t] + x, load_vec(acc[t] + x) + gv * load_vec(b[t] + x));
+    }
+  }
+  for (; x < count; ++x) {
+    for (int64_t t = 0; t < terms; ++t) acc[t][x] += g[x] * b[t][x];
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Input rows read by output rows
+
+// Upsampling: output rows s*i .. s*i+s-1 all read input rows i-r .. i+r, so tasks of the
+// upsampling forward and kernel gradient are input rows i producing s output rows, and the
+// k upsampled input rows are filled once per channel for all s output rows.
+// Downsampling: tasks are output rows y reading input rows s*y-r .. s*y+r.
+struct Task {
+  int64_t n, grp, row;
+};
+
+Task decode(int64_t task, int64_t rows, int64_t groups) {
+  return {task / (rows * groups), (task / rows) % groups, task % rows};
+}
+
+// Layout of the k input-row buffers of one column block and where each tap reads them.
+struct InputRows {
+  int64_t pitch = 0;            // floats per buffered input row (all phases)
+  int64_t phase_pitch = 0;      // downsampling: floats per phase
+  int64_t origin = 0;           // upsampling: output column of buffer index 0, minus x0
+  int64_t m_origin = 0;         // downsampling: input phase index of position 0, minus x0
+  std::vector<int64_t> shift;   // per dx index: buffer offset read by block column 0
+
+  InputRows(const Geometry& g, int64_t block) : shift(g.kernel_size) {
     const int64_t r = g.radius, s = g.scale;
     if (!g.down) {
-      length = block + 2 * s * r;
+      // Output column x at offset dx reads input floor(x/s) + dx = floor((x + s*dx)/s).
+      origin = -s * r;
+      pitch = block + 2 * s * r;
       for (int64_t d = 0; d < g.kernel_size; ++d) shift[d] = s * d;
     } else {
-      q_min = floor_div(-r, s);
-      const int64_t q_max = floor_div(r, s);
-      phase_length = block + (q_max - q_min);
-      length = s * phase_length;
+      // Output column x at offset dx = s*q + p reads phase p at position x + q.
+      const int64_t q_min = floor_div(-r, s), q_max = floor_div(r, s);
+      m_origin = q_min;
+      phase_pitch = block + q_max - q_min;
+      pitch = s * phase_pitch;
       for (int64_t d = 0; d < g.kernel_size; ++d) {
-        const int64_t dx = d - r;
-        const int64_t q = floor_div(dx, s);
-        const int64_t p = dx - q * s;
-        shift[d] = p * phase_length + (q - q_min);
+        const int64_t dx = d - r, q = floor_div(dx, s);
+        shift[d] = (dx - q * s) * phase_pitch + (q - q_min);
       }
+    }
+  }
+
+  template <typename scalar_t, typename acc_t>
+  void fill(const scalar_t* row, int64_t stride, const Geometry& g, int64_t x0, acc_t* dst) const {
+    if (!g.down) {
+      load_upsampled(row, stride, g.in_w, g.scale, x0 + origin, pitch, dst);
+    } else {
+      load_phases(row, stride, g.in_w, g.scale, x0 + m_origin, phase_pitch, phase_pitch, dst);
     }
   }
 };
 
-template <typename scalar_t, typename acc_t>
-void fill_row_buffer(const scalar_t* row, int64_t stride_w, const Geometry& g,
-                     const RowLayout& layout, int64_t x0, acc_t* buffer) {
-  const int64_t s = g.scale, width = g.in_w;
-  if (!g.down) {
-    // Walk input columns instead of dividing per element: s consecutive entries share one.
-    int64_t ix = x0 / s - g.radius;
-    int64_t phase = x0 % s;
-    for (int64_t j = 0; j < layout.length; ++j) {
-      buffer[j] = (ix >= 0 && ix < width) ? static_cast<acc_t>(row[ix * stride_w]) : acc_t(0);
-      if (++phase == s) {
-        phase = 0;
-        ++ix;
-      }
-    }
-  } else {
-    for (int64_t p = 0; p < s; ++p) {
-      acc_t* phase_buffer = buffer + p * layout.phase_length;
-      int64_t ix = s * (x0 + layout.q_min) + p;
-      for (int64_t j = 0; j < layout.phase_length; ++j, ix += s) {
-        phase_buffer[j] =
-            (ix >= 0 && ix < width) ? static_cast<acc_t>(row[ix * stride_w]) : acc_t(0);
-      }
-    }
-  }
-}
-
-template <typename acc_t>
-inline void multiply_accumulate(acc_t* __restrict__ acc, const acc_t* __restrict__ a,
-                                const acc_t* __restrict__ b, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) acc[i] += a[i] * b[i];
-}
-
-template <typename scalar_t, typename acc_t>
-inline void load_row(const scalar_t* row, int64_t stride_w, int64_t count, acc_t* out) {
-  if (stride_w == 1) {
-    for (int64_t i = 0; i < count; ++i) out[i] = static_cast<acc_t>(row[i]);
-  } else {
-    for (int64_t i = 0; i < count; ++i) out[i] = static_cast<acc_t>(row[i * stride_w]);
-  }
-}
-
-template <typename scalar_t, typename acc_t>
-inline void store_row(const acc_t* values, int64_t count, scalar_t* row, int64_t stride_w) {
-  if (stride_w == 1) {
-    for (int64_t i = 0; i < count; ++i) row[i] = static_cast<scalar_t>(values[i]);
-  } else {
-    for (int64_t i = 0; i < count; ++i) row[i * stride_w] = static_cast<scalar_t>(values[i]);
-  }
-}
-
-// Loads the weights of `taps` consecutive kernel channels starting at `first_channel`, row y,
-// columns [x_lo, x_lo + count) into buffer rows of `pitch` floats; columns outside [0, out_w)
-// become zero so that products with them vanish.
-template <typename scalar_t, typename acc_t>
-void load_weights(const scalar_t* kernels, const Strides4& ks, const Geometry& g, int64_t n,
-                  int64_t first_channel, int64_t taps, int64_t y, int64_t x_lo, int64_t count,
-                  int64_t pitch, acc_t* buffer) {
-  const int64_t valid_lo = std::min<int64_t>(count, std::max<int64_t>(0, -x_lo));
-  const int64_t valid_hi = std::max<int64_t>(valid_lo, std::min<int64_t>(count, g.out_w - x_lo));
-  for (int64_t t = 0; t < taps; ++t) {
-    acc_t* dst = buffer + t * pitch;
-    const scalar_t* src = kernels + ks.offset(n, first_channel + t, y, 0);
-    for (int64_t i = 0; i < valid_lo; ++i) dst[i] = acc_t(0);
-    load_row(src + (x_lo + valid_lo) * ks.w, ks.w, valid_hi - valid_lo, dst + valid_lo);
-    for (int64_t i = valid_hi; i < count; ++i) dst[i] = acc_t(0);
-  }
-}
+// ---------------------------------------------------------------------------------------
+// Forward and kernel gradient (share the row structure)
 
 template <typename scalar_t>
 void forward_impl(const at::Tensor& features, const at::Tensor& kernels, at::Tensor& output,
@@ -143,42 +313,57 @@ void forward_impl(const at::Tensor& features, const at::Tensor& kernels, at::Ten
   scalar_t* o_data = output.mutable_data_ptr<scalar_t>();
   const Strides4 xs = strides_of(features), ks = strides_of(kernels), os = strides_of(output);
   const int64_t taps = g.taps(), k = g.kernel_size, r = g.radius;
+  // Output rows per task: s for upsampling (one input row), 1 for downsampling.
+  const int64_t rows_per_task = g.down ? 1 : g.scale;
+  const int64_t task_rows = g.down ? g.out_h : g.in_h;
   const int64_t block = std::min(kColumnBlock, g.out_w);
-  const RowLayout layout(g, block);
-  const int64_t tasks = g.batch * g.groups * g.out_h;
+  const InputRows layout(g, block);
 
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> weights(taps * block), row_buffer(layout.length), acc(block);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t y = task % g.out_h;
-      const int64_t grp = (task / g.out_h) % g.groups;
-      const int64_t n = task / (g.out_h * g.groups);
-      const int64_t src_y = g.source(y);
+  at::parallel_for(0, g.batch * g.groups * task_rows, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> weights(rows_per_task * taps * block), inputs(k * layout.pitch), result(block);
+    std::vector<const acc_t*> a(taps), b(taps);
+    for (int64_t task_id = begin; task_id < end; ++task_id) {
+      const Task task = decode(task_id, task_rows, g.groups);
+      const int64_t first_out_row = task.row * rows_per_task;
+      const int64_t src_y = g.source(first_out_row);
       for (int64_t x0 = 0; x0 < g.out_w; x0 += block) {
         const int64_t count = std::min(block, g.out_w - x0);
-        load_weights(k_data, ks, g, n, grp * taps, taps, y, x0, count, block, weights.data());
-        for (int64_t c = grp * g.group_channels; c < (grp + 1) * g.group_channels; ++c) {
-          std::fill(acc.begin(), acc.end(), acc_t(0));
+        for (int64_t a_row = 0; a_row < rows_per_task; ++a_row) {
+          for (int64_t t = 0; t < taps; ++t) {
+            load_padded(k_data + ks.offset(task.n, task.grp * taps + t, first_out_row + a_row, 0),
+                        ks.w, g.out_w, x0, count, weights.data() + (a_row * taps + t) * block);
+          }
+        }
+        for (int64_t c = task.grp * g.group_channels; c < (task.grp + 1) * g.group_channels; ++c) {
+          int64_t terms = 0;
           for (int64_t dy = -r; dy <= r; ++dy) {
             const int64_t iy = src_y + dy;
-            if (iy < 0 || iy >= g.in_h) continue;
-            fill_row_buffer(x_data + xs.offset(n, c, iy, 0), xs.w, g, layout, x0,
-                            row_buffer.data());
-            const acc_t* tap_weights = weights.data() + (dy + r) * k * block;
+            if (iy < 0 || iy >= g.in_h) continue;  // zero rows contribute nothing
+            acc_t* row = inputs.data() + (dy + r) * layout.pitch;
+            layout.fill(x_data + xs.offset(task.n, c, iy, 0), xs.w, g, x0, row);
             for (int64_t d = 0; d < k; ++d) {
-              multiply_accumulate(acc.data(), tap_weights + d * block,
-                                  row_buffer.data() + layout.shift[d], count);
+              a[terms] = weights.data() + ((dy + r) * k + d) * block;  // row offset added below
+              b[terms] = row + layout.shift[d];
+              ++terms;
             }
           }
-          store_row(acc.data(), count, o_data + os.offset(n, c, y, x0), os.w);
+          for (int64_t a_row = 0; a_row < rows_per_task; ++a_row) {
+            std::vector<const acc_t*>& w = a;
+            if (a_row > 0) {
+              for (int64_t t = 0; t < terms; ++t) w[t] += taps * block;
+            }
+            dot_rows(w.data(), b.data(), terms, count, result.data());
+            store_row(result.data(), count,
+                      o_data + os.offset(task.n, c, first_out_row + a_row, x0), os.w);
+          }
         }
       }
     }
   });
 }
 
-// dK[n, g*k*k + t, y, x] = sum_{c in group g} dOut[n, c, y, x] * X[n, c, src + d_t]:
-// the forward loop with the roles of the weights and the accumulator exchanged.
+// dK[n, g*k*k + t, y, x] = sum_{c in group g} dOut[n, c, y, x] * X[n, c, src + d_t]: the forward
+// loop with the weights and the accumulator exchanged.
 template <typename scalar_t>
 void grad_kernels_impl(const at::Tensor& grad_output, const at::Tensor& features,
                        at::Tensor& grad_kernels, const Geometry& g) {
@@ -189,54 +374,63 @@ void grad_kernels_impl(const at::Tensor& grad_output, const at::Tensor& features
   const Strides4 xs = strides_of(features), gos = strides_of(grad_output),
                  gks = strides_of(grad_kernels);
   const int64_t taps = g.taps(), k = g.kernel_size, r = g.radius;
+  const int64_t rows_per_task = g.down ? 1 : g.scale;
+  const int64_t task_rows = g.down ? g.out_h : g.in_h;
   const int64_t block = std::min(kColumnBlock, g.out_w);
-  const RowLayout layout(g, block);
-  const int64_t tasks = g.batch * g.groups * g.out_h;
+  const InputRows layout(g, block);
 
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> grad_weights(taps * block), row_buffer(layout.length), grad_row(block);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t y = task % g.out_h;
-      const int64_t grp = (task / g.out_h) % g.groups;
-      const int64_t n = task / (g.out_h * g.groups);
-      const int64_t src_y = g.source(y);
+  at::parallel_for(0, g.batch * g.groups * task_rows, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> grads(rows_per_task * taps * block), inputs(k * layout.pitch),
+        grad_row(block);
+    std::vector<const acc_t*> b(taps);
+    std::vector<acc_t*> acc(taps), acc_row(taps);
+    for (int64_t task_id = begin; task_id < end; ++task_id) {
+      const Task task = decode(task_id, task_rows, g.groups);
+      const int64_t first_out_row = task.row * rows_per_task;
+      const int64_t src_y = g.source(first_out_row);
       for (int64_t x0 = 0; x0 < g.out_w; x0 += block) {
         const int64_t count = std::min(block, g.out_w - x0);
-        std::fill(grad_weights.begin(), grad_weights.end(), acc_t(0));
-        for (int64_t c = grp * g.group_channels; c < (grp + 1) * g.group_channels; ++c) {
-          load_row(go_data + gos.offset(n, c, y, x0), gos.w, count, grad_row.data());
+        std::fill(grads.begin(), grads.end(), acc_t(0));
+        for (int64_t c = task.grp * g.group_channels; c < (task.grp + 1) * g.group_channels; ++c) {
+          int64_t terms = 0;
           for (int64_t dy = -r; dy <= r; ++dy) {
             const int64_t iy = src_y + dy;
             if (iy < 0 || iy >= g.in_h) continue;
-            fill_row_buffer(x_data + xs.offset(n, c, iy, 0), xs.w, g, layout, x0,
-                            row_buffer.data());
-            acc_t* tap_grads = grad_weights.data() + (dy + r) * k * block;
+            acc_t* row = inputs.data() + (dy + r) * layout.pitch;
+            layout.fill(x_data + xs.offset(task.n, c, iy, 0), xs.w, g, x0, row);
             for (int64_t d = 0; d < k; ++d) {
-              multiply_accumulate(tap_grads + d * block, grad_row.data(),
-                                  row_buffer.data() + layout.shift[d], count);
+              b[terms] = row + layout.shift[d];
+              acc[terms] = grads.data() + ((dy + r) * k + d) * block;
+              ++terms;
             }
           }
+          for (int64_t a_row = 0; a_row < rows_per_task; ++a_row) {
+            load_padded(go_data + gos.offset(task.n, c, first_out_row + a_row, 0), gos.w, g.out_w,
+                        x0, count, grad_row.data());
+            for (int64_t t = 0; t < terms; ++t) acc_row[t] = acc[t] + a_row * taps * block;
+            scale_accumulate_rows(grad_row.data(), b.data(), acc_row.data(), terms, count);
+          }
         }
-        for (int64_t t = 0; t < taps; ++t) {
-          store_row(grad_weights.data() + t * block, count,
-                    gk_data + gks.offset(n, grp * taps + t, y, x0), gks.w);
+        // Taps whose input row is outside the map stay zero, as their gradient is.
+        for (int64_t a_row = 0; a_row < rows_per_task; ++a_row) {
+          for (int64_t t = 0; t < taps; ++t) {
+            store_row(grads.data() + (a_row * taps + t) * block, count,
+                      gk_data + gks.offset(task.n, task.grp * taps + t, first_out_row + a_row, x0),
+                      gks.w);
+          }
         }
       }
     }
   });
 }
 
-// Column block of the features gradient such that the per-task accumulator (all channels of
-// a group) stays cache-sized.
-int64_t input_column_block(const Geometry& g) {
-  const int64_t by_cache = kAccumulatorElements / std::max<int64_t>(1, g.group_channels);
-  return std::min(g.in_w, std::max<int64_t>(16, std::min(kColumnBlock, by_cache)));
-}
+// ---------------------------------------------------------------------------------------
+// Feature gradient
 
-// Upsampling, gradient of the features. Input pixel (i, j) is read through tap (dy, dx) by
-// the s*s outputs (s*(i-dy) + a, s*(j-dx) + b), a, b in [0, s). For one input row i and one
-// dy the contributing output rows are s*(i-dy) + a; the products K*dOut over those rows and
-// the s columns of each block are pooled to input resolution and then shifted by dx.
+// Upsampling. dX[i, j] = sum_b F[s*j + b] with, at output resolution,
+//   F[x] = sum_{dy, a, dx} K_t[s*(i-dy) + a, x - s*dx] * dOut[s*(i-dy) + a, x - s*dx],
+// i.e. the products K*dOut of the s output rows of every source row i-dy, shifted by s*dx
+// and pooled over the s columns that share a source pixel. F is a dot_rows sum.
 template <typename scalar_t>
 void grad_features_up_impl(const at::Tensor& grad_output, const at::Tensor& kernels,
                            at::Tensor& grad_features, const Geometry& g) {
@@ -247,72 +441,69 @@ void grad_features_up_impl(const at::Tensor& grad_output, const at::Tensor& kern
   const Strides4 ks = strides_of(kernels), gos = strides_of(grad_output),
                  gxs = strides_of(grad_features);
   const int64_t taps = g.taps(), k = g.kernel_size, r = g.radius, s = g.scale;
-  const int64_t block = input_column_block(g);
-  const int64_t pooled_len = block + 2 * r;   // input columns m = j0 - r .. j0 + block + r
-  const int64_t span = s * pooled_len;         // output columns covering them
-  const int64_t cg = g.group_channels;
-  const int64_t tasks = g.batch * g.groups * g.in_h;
+  const int64_t block = std::min(g.in_w, std::max<int64_t>(1, kColumnBlock / s));  // input columns
+  const int64_t span = s * (block + 2 * r);  // output columns read by one block
+  const int64_t max_terms = k * s * k;
 
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    // weights[a][d][xx]: row s*(i-dy)+a, tap (dy, d-r); grads[a][xx]: dOut rows of a channel.
-    std::vector<acc_t> weights(s * k * span), grads(s * span), products(span),
-        pooled(pooled_len), acc(cg * block);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t i = task % g.in_h;
-      const int64_t grp = (task / g.in_h) % g.groups;
-      const int64_t n = task / (g.in_h * g.groups);
+  at::parallel_for(0, g.batch * g.groups * g.in_h, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> weights(max_terms * span), grads(k * s * span), pooled_src(s * block),
+        result(block);
+    std::vector<const acc_t*> a(max_terms), b(max_terms);
+    for (int64_t task_id = begin; task_id < end; ++task_id) {
+      const Task task = decode(task_id, g.in_h, g.groups);
+      const int64_t i = task.row;
       for (int64_t j0 = 0; j0 < g.in_w; j0 += block) {
         const int64_t count = std::min(block, g.in_w - j0);
         const int64_t x_lo = s * (j0 - r);
-        std::fill(acc.begin(), acc.end(), acc_t(0));
+        // Weights of every valid (dy, a, dx), shared by the channels of the group.
         for (int64_t dy = -r; dy <= r; ++dy) {
           const int64_t ip = i - dy;
           if (ip < 0 || ip >= g.in_h) continue;
-          for (int64_t a = 0; a < s; ++a) {
-            load_weights(k_data, ks, g, n, grp * taps + (dy + r) * k, k, s * ip + a, x_lo, span,
-                         span, weights.data() + a * k * span);
-          }
-          for (int64_t cc = 0; cc < cg; ++cc) {
-            const int64_t c = grp * cg + cc;
-            for (int64_t a = 0; a < s; ++a) {
-              // Reuse load_weights for its zero padding outside [0, out_w).
-              load_weights(go_data, gos, g, n, c, 1, s * ip + a, x_lo, span, span,
-                           grads.data() + a * span);
-            }
-            acc_t* acc_c = acc.data() + cc * block;
+          for (int64_t a_row = 0; a_row < s; ++a_row) {
             for (int64_t d = 0; d < k; ++d) {
-              std::fill(products.begin(), products.end(), acc_t(0));
-              for (int64_t a = 0; a < s; ++a) {
-                multiply_accumulate(products.data(), weights.data() + (a * k + d) * span,
-                                    grads.data() + a * span, span);
-              }
-              if (s == 1) {
-                std::copy(products.begin(), products.end(), pooled.begin());
-              } else {
-                for (int64_t m = 0; m < pooled_len; ++m) {
-                  acc_t sum = 0;
-                  for (int64_t b = 0; b < s; ++b) sum += products[m * s + b];
-                  pooled[m] = sum;
-                }
-              }
-              // Input column j0+jj reads pooled column (j0+jj) - dx, i.e. index jj + r - dx.
-              const acc_t* shifted = pooled.data() + (2 * r - d);
-              for (int64_t jj = 0; jj < count; ++jj) acc_c[jj] += shifted[jj];
+              const int64_t term = ((dy + r) * s + a_row) * k + d;
+              load_padded(k_data + ks.offset(task.n, task.grp * taps + (dy + r) * k + d,
+                                             s * ip + a_row, 0),
+                          ks.w, g.out_w, x_lo, span, weights.data() + term * span);
             }
           }
         }
-        for (int64_t cc = 0; cc < cg; ++cc) {
-          store_row(acc.data() + cc * block, count,
-                    gx_data + gxs.offset(n, grp * cg + cc, i, j0), gxs.w);
+        for (int64_t c = task.grp * g.group_channels; c < (task.grp + 1) * g.group_channels; ++c) {
+          int64_t terms = 0;
+          for (int64_t dy = -r; dy <= r; ++dy) {
+            const int64_t ip = i - dy;
+            if (ip < 0 || ip >= g.in_h) continue;
+            for (int64_t a_row = 0; a_row < s; ++a_row) {
+              acc_t* grad_row = grads.data() + ((dy + r) * s + a_row) * span;
+              load_padded(go_data + gos.offset(task.n, c, s * ip + a_row, 0), gos.w, g.out_w, x_lo,
+                          span, grad_row);
+              for (int64_t d = 0; d < k; ++d) {
+                // F[x] (x relative to s*j0) reads buffer index x + s*r - s*dx = x + s*(2r - d).
+                const int64_t shift = s * (2 * r - d);
+                a[terms] = weights.data() + (((dy + r) * s + a_row) * k + d) * span + shift;
+                b[terms] = grad_row + shift;
+                ++terms;
+              }
+            }
+          }
+          dot_rows(a.data(), b.data(), terms, s * count, pooled_src.data());
+          for (int64_t jj = 0; jj < count; ++jj) {
+            acc_t sum = 0;
+            for (int64_t p = 0; p < s; ++p) sum += pooled_src[s * jj + p];
+            result[jj] = sum;
+          }
+          store_row(result.data(), count, gx_data + gxs.offset(task.n, c, i, j0), gxs.w);
         }
       }
     }
   });
 }
 
-// Downsampling, gradient of the features. Input pixel (i, j) is read through tap (dy, dx)
-// by the single output (y, x) with s*y + dy = i and s*x + dx = j, when those are integers
-// inside the output.
+// Downsampling. Input pixel (i, j) is read through tap (dy, dx) by the single output (y, x)
+// with s*y + dy = i and s*x + dx = j, when those are integers inside the output. Input
+// columns are accumulated by phase p = j mod s (then interleaved), so that every term is a
+// contiguous row: phase p, position m (j = j0 + s*m + p) collects from each dx = s*q + p the
+// product K_t * dOut at output column j0/s + m - q.
 template <typename scalar_t>
 void grad_features_down_impl(const at::Tensor& grad_output, const at::Tensor& kernels,
                              at::Tensor& grad_features, const Geometry& g) {
@@ -323,47 +514,63 @@ void grad_features_down_impl(const at::Tensor& grad_output, const at::Tensor& ke
   const Strides4 ks = strides_of(kernels), gos = strides_of(grad_output),
                  gxs = strides_of(grad_features);
   const int64_t taps = g.taps(), k = g.kernel_size, r = g.radius, s = g.scale;
-  const int64_t block = input_column_block(g);
-  const int64_t span = ceil_div(block + 2 * r, s) + 1;  // output columns touching a block
-  const int64_t cg = g.group_channels;
-  const int64_t tasks = g.batch * g.groups * g.in_h;
+  const int64_t q_min = floor_div(-r, s), q_max = floor_div(r, s);
+  // Input columns per block: a multiple of s so that block starts are phase 0.
+  const int64_t positions = std::max<int64_t>(1, std::min(ceil_div(g.in_w, s), kColumnBlock / s));
+  const int64_t block = positions * s;
+  const int64_t span = positions + q_max - q_min;  // output columns read by one block
 
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> weights(k * span), grads(span), acc(cg * block);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t i = task % g.in_h;
-      const int64_t grp = (task / g.in_h) % g.groups;
-      const int64_t n = task / (g.in_h * g.groups);
+  at::parallel_for(0, g.batch * g.groups * g.in_h, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> weights(k * k * span), grads(k * span), phases(s * positions),
+        result(block);
+    std::vector<const acc_t*> a(k * k), b(k * k);
+    for (int64_t task_id = begin; task_id < end; ++task_id) {
+      const Task task = decode(task_id, g.in_h, g.groups);
+      const int64_t i = task.row;
       for (int64_t j0 = 0; j0 < g.in_w; j0 += block) {
         const int64_t count = std::min(block, g.in_w - j0);
-        const int64_t x_lo = ceil_div(j0 - r, s);
-        std::fill(acc.begin(), acc.end(), acc_t(0));
+        const int64_t x_lo = j0 / s - q_max;
         for (int64_t dy = -r; dy <= r; ++dy) {
           const int64_t yy = i - dy;
           if (yy < 0 || yy % s != 0 || yy / s >= g.out_h) continue;
-          const int64_t y = yy / s;
-          load_weights(k_data, ks, g, n, grp * taps + (dy + r) * k, k, y, x_lo, span, span,
-                       weights.data());
-          for (int64_t cc = 0; cc < cg; ++cc) {
-            const int64_t c = grp * cg + cc;
-            load_weights(go_data, gos, g, n, c, 1, y, x_lo, span, span, grads.data());
-            acc_t* acc_c = acc.data() + cc * block;
-            for (int64_t d = 0; d < k; ++d) {
-              const int64_t dx = d - r;
-              // Outputs x with j0 <= s*x + dx < j0 + count, relative to x_lo.
-              const int64_t lo = ceil_div(j0 - dx, s) - x_lo;
-              const int64_t hi = floor_div(j0 + count - 1 - dx, s) - x_lo;
-              const acc_t* w = weights.data() + d * span;
-              acc_t* target = acc_c + (s * (x_lo + lo) + dx - j0);
-              for (int64_t xx = lo; xx <= hi; ++xx, target += s) {
-                *target += w[xx] * grads[xx];
-              }
-            }
+          for (int64_t d = 0; d < k; ++d) {
+            load_padded(k_data + ks.offset(task.n, task.grp * taps + (dy + r) * k + d, yy / s, 0),
+                        ks.w, g.out_w, x_lo, span, weights.data() + ((dy + r) * k + d) * span);
           }
         }
-        for (int64_t cc = 0; cc < cg; ++cc) {
-          store_row(acc.data() + cc * block, count,
-                    gx_data + gxs.offset(n, grp * cg + cc, i, j0), gxs.w);
+        for (int64_t c = task.grp * g.group_channels; c < (task.grp + 1) * g.group_channels; ++c) {
+          for (int64_t dy = -r; dy <= r; ++dy) {
+            const int64_t yy = i - dy;
+            if (yy < 0 || yy % s != 0 || yy / s >= g.out_h) continue;
+            load_padded(go_data + gos.offset(task.n, c, yy / s, 0), gos.w, g.out_w, x_lo, span,
+                        grads.data() + (dy + r) * span);
+          }
+          for (int64_t p = 0; p < s; ++p) {
+            int64_t terms = 0;
+            for (int64_t dy = -r; dy <= r; ++dy) {
+              const int64_t yy = i - dy;
+              if (yy < 0 || yy % s != 0 || yy / s >= g.out_h) continue;
+              for (int64_t d = 0; d < k; ++d) {
+                const int64_t dx = d - r, q = floor_div(dx, s);
+                if (dx - q * s != p) continue;
+                // Output column j0/s + m - q sits at buffer index m + q_max - q.
+                const int64_t shift = q_max - q;
+                a[terms] = weights.data() + ((dy + r) * k + d) * span + shift;
+                b[terms] = grads.data() + (dy + r) * span + shift;
+                ++terms;
+              }
+            }
+            acc_t* phase = phases.data() + p * positions;
+            if (terms == 0) {
+              std::fill(phase, phase + positions, acc_t(0));
+            } else {
+              dot_rows(a.data(), b.data(), terms, positions, phase);
+            }
+          }
+          for (int64_t jj = 0; jj < count; ++jj) {
+            result[jj] = phases[(jj % s) * positions + jj / s];
+          }
+          store_row(result.data(), count, gx_data + gxs.offset(task.n, c, i, j0), gxs.w);
         }
       }
     }

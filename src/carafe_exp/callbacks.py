@@ -69,3 +69,39 @@ class ThroughputTimer(L.Callback):
         """Images per second per stage that ran (training includes the backward pass)."""
         return {f"{stage}_images_per_s": self.images[stage] / self.seconds[stage]
                 for stage in self.images if self.seconds[stage] > 0}
+
+
+class RandomStateCheckpoint(L.Callback):
+    """Saves the random number generators' state in every checkpoint and restores it on resume.
+
+    Without it a resumed run shuffles and augments from a fresh seed, so a run killed after
+    epoch e and resumed does not end with the weights of an uninterrupted run.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        import random
+
+        import numpy as np
+
+        # Plain types only, so checkpoints load with torch.load(weights_only=True).
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        import random
+
+        import numpy as np
+
+        torch.set_rng_state(state_dict["torch"])
+        kind, keys, pos, has_gauss, cached = state_dict["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        random.setstate(state_dict["python"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])

@@ -100,11 +100,23 @@ def _check_launch(cfg: DictConfig) -> None:
             "run the jobs one by one, or sweep with hydra/launcher=slurm (one SLURM task per GPU)")
 
 
+def _adapt_trainer(cfg: DictConfig) -> None:
+    """SyncBatchNorm exists only for CUDA in torch's DDP: CPU processes keep per-process BatchNorm."""
+    import torch
+
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if cfg.trainer.get("sync_batchnorm") and on_cpu:
+        log.warning("trainer.sync_batchnorm needs CUDA devices; CPU processes keep per-process BatchNorm")
+        cfg.trainer.sync_batchnorm = False
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one job described by ``cfg``; return its metrics.json record (rank 0 also writes it)."""
     started = time.perf_counter()
     output_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
     _check_launch(cfg)
+    _adapt_trainer(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
 
     datamodule = instantiate(cfg.data)

@@ -89,6 +89,11 @@ def test_model_cost_sums_its_parts_and_restores_the_training_mode() -> None:
     assert torch.count_nonzero(model[1].running_mean) == 0  # evaluated in eval mode: BN stats untouched
 
 
+def test_model_cost_counts_linear_layers_with_their_bias() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
+    assert model_cost(model, torch.randn(3, 3, 2, 2)) == {"flops": 3 * (2 * 12 * 5 + 2 * 5), "params": 12 * 5 + 5}
+
+
 def test_cli_prints_table2_beside_the_paper(capsys: pytest.CaptureFixture[str]) -> None:
     main(["--channels", "256", "--scale", "2"])
     printed = capsys.readouterr().out

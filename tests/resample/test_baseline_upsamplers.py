@@ -115,3 +115,16 @@ def test_conv_upsamplers_apply_their_conv_at_the_output_resolution() -> None:
     torch.testing.assert_close(bilinear_conv(x), bilinear_conv.conv(_bilinear(x, 2)))
     shuffle = build_upsampler("pixel_shuffle", 6, 2)
     torch.testing.assert_close(shuffle(x), F.pixel_shuffle(shuffle.conv(x), 2))
+
+
+@pytest.mark.parametrize("name", ["gum", "dysample"])
+def test_sampling_positions_keep_full_precision_under_bfloat16(name: str) -> None:
+    # bf16 coordinates would snap positions on a 96-pixel-wide output to whole pixels or worse.
+    module = build_upsampler(name, 8, 2)
+    with torch.no_grad():
+        last = module.guidance[-1] if name == "gum" else module.offset
+        last.bias.fill_(0.3)  # a sub-pixel shift everywhere
+    x = torch.randn(1, 8, 6, 48)
+    reference = module(x)
+    half = module.to(torch.bfloat16)(x.to(torch.bfloat16)).float()
+    assert (half - reference).abs().mean() < 0.02

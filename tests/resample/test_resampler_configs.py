@@ -46,3 +46,23 @@ def test_sweep_style_overrides_build(group: str, overrides: list[str]) -> None:
     module = build(dict(cfg), 16, 2)
     kernel_key = "k_up" if group == "upsampler" else "k_down"
     assert module.kernel_size == cfg[kernel_key]
+
+
+def test_hydra_composes_the_groups_and_their_sweep_keys(tmp_path: Path) -> None:
+    # A primary config that uses only these two groups, so the check does not depend on the rest of conf/.
+    from hydra import compose, initialize_config_dir
+
+    (tmp_path / "primary.yaml").write_text(
+        f"defaults:\n  - upsampler: nearest\n  - downsampler: conv\n  - _self_\n"
+        f"hydra:\n  searchpath:\n    - file://{CONF}\n"
+    )
+    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
+        cfg = compose(config_name="primary", overrides=[
+            "upsampler=carafe", "upsampler.k_up=7", "upsampler.k_encoder=5", "upsampler.c_m=16",
+            "downsampler=carafe", "downsampler.k_down=3",
+        ])
+    upsampler = build_upsampler(dict(cfg.upsampler), 32, 2)
+    downsampler = build_downsampler(dict(cfg.downsampler), 32, 2)
+    assert (upsampler.kernel_size, upsampler.kernel_predictor.encoder.kernel_size) == (7, (5, 5))
+    assert upsampler.kernel_predictor.encoder.in_channels == 16
+    assert downsampler.kernel_size == 3

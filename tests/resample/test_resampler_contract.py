@@ -98,3 +98,17 @@ def test_overrides_take_precedence_over_the_config() -> None:
     module = build_upsampler({"name": "carafe", "k_up": 5, "c_m": 8}, CHANNELS, 2, k_up=3)
     assert module.kernel_size == 3
     assert module.kernel_predictor.encoder.in_channels == 8
+
+
+@pytest.mark.parametrize("name", sorted(DOWNSAMPLERS))
+def test_downsamplers_fit_the_resnet_backbone_sites(name: str) -> None:
+    # The classification backbone builds them for the stem max-pool (64 channels) and for the input of
+    # layer2–4's first bottleneck (256, 512, 1024 channels), always ÷2, in train and eval mode.
+    for channels, size in ((64, 56), (1024, 7)):
+        module = build_downsampler(name, channels, 2)
+        x = torch.randn(2, channels, size, size)
+        for training in (True, False):
+            module.train(training)
+            out = module(x)
+            assert out.shape == (2, channels, -(-size // 2), -(-size // 2))
+            assert torch.isfinite(out).all()

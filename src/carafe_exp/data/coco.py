@@ -210,16 +210,17 @@ def collate_detection(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> t
 class CocoDataModule(L.LightningDataModule):
     """COCO 2017 (or the generated sample, with ``sample``) for the detection task.
 
-    ``min_size``/``max_size`` are the input scale of this data (800/1333 for COCO); the model
-    config reads them (``model.min_size: ${data.min_size}``) because the resize happens once,
-    in the model's transform.
+    ``min_size``/``max_size`` are the input scale of this data (800/1333 for COCO) and ``rcnn``
+    the RPN/RoI budgets suited to it; the model config reads them (``model.min_size:
+    ${data.min_size}``, ``model.rcnn: ${data.rcnn}``) because the resize happens once, in the
+    model's transform, and a small generated sample needs smaller budgets than COCO.
     """
 
     def __init__(self, root: str | os.PathLike[str], batch_size: int = 2, num_workers: int = 2,
                  train_split: str = "train2017", val_split: str = "val2017", test_split: str | None = None,
                  min_size: int = 800, max_size: int = 1333, flip_prob: float = 0.5, with_masks: bool = True,
                  persistent_workers: bool = True, pin_memory: bool = False,
-                 sample: Mapping[str, Any] | None = None) -> None:
+                 sample: Mapping[str, Any] | None = None, rcnn: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         if root is None or str(root) in ("", "???"):
             raise DataError("data.root is not set: give the COCO 2017 directory (with train2017/, val2017/, "
@@ -234,6 +235,7 @@ class CocoDataModule(L.LightningDataModule):
         self.test_split = test_split or val_split
         self.min_size = int(min_size)
         self.max_size = int(max_size)
+        self.rcnn = dict(rcnn or {})
         self.flip_prob = float(flip_prob)
         # The detection task turns this off for models without a mask branch (no decoding cost).
         self.with_masks = bool(with_masks)

@@ -78,6 +78,8 @@ def use_compiled(backend: str | None) -> bool:
     if compiled_available():
         return True
     if name == "compiled":
-        extension.load()  # raises the remembered ExtensionBuildError with the compiler's message
+        raise extension.ExtensionBuildError(
+            f"backend='compiled' was requested but the CARAFE extension is unavailable: {_state.get('error')}"
+        )
     _warn_fallback()
     return False

@@ -13,6 +13,7 @@ import glob
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 
@@ -66,11 +67,12 @@ def configure_cuda_home() -> Path | None:
     Leaves a CUDA_HOME that already is a complete toolkit alone. Returns the toolkit used,
     or None when there is none on this machine.
     """
-    import torch.utils.cpp_extension as cpp_extension
-
     home = find_cuda_home()
     if home is None:
         return None
+    # Set the environment first: torch.utils.cpp_extension reads CUDA_HOME when imported.
     os.environ["CUDA_HOME"] = str(home)
-    cpp_extension.CUDA_HOME = str(home)
+    cpp_extension = sys.modules.get("torch.utils.cpp_extension")
+    if cpp_extension is not None:
+        cpp_extension.CUDA_HOME = str(home)
     return home

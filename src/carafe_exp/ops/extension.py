@@ -35,7 +35,11 @@ logger = logging.getLogger(__name__)
 EXT_DIR_ENV = "CARAFE_EXP_EXT_DIR"
 BUILD_CUDA_ENV = "CARAFE_EXP_BUILD_CUDA"
 
-CPU_FLAGS = ["-O3", "-march=native"]
+# -fopenmp: at::parallel_for is inlined into the extension and only runs in parallel when
+# the extension itself is compiled with OpenMP (as ATen is). -ffp-contract=fast: fused
+# multiply-adds (torch compiles with -std=c++20, which turns contraction off).
+CPU_FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]
+LINK_FLAGS = ["-fopenmp"]
 CUDA_FLAGS = ["-O3", "--expt-relaxed-constexpr"]
 # Compiled when no GPU is visible to pick the architecture from (a compile-only check, or a
 # build node without GPUs); sm_80 plus PTX runs on every GPU CUDA 13 supports from Ampere on.
@@ -87,19 +91,34 @@ def build_directory(with_cuda: bool, cuda_flags: list[str]) -> Path:
     return base / f"{torch.__version__.replace('+', '_')}-{tag}-{digest}"
 
 
+def _import_cpp_extension() -> ModuleType:
+    # Its import-time "No CUDA runtime is found" warning fires on every GPU-less machine that
+    # has a toolkit, including CPU-only builds where it means nothing.
+    torch_logger = logging.getLogger("torch.utils.cpp_extension")
+    previous = torch_logger.level
+    torch_logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        torch_logger.setLevel(previous)
+    return cpp_extension
+
+
 def build(with_cuda: bool | None = None, verbose: bool = False) -> ModuleType:
     """Build (or reuse the cached build of) the extension and import it.
 
     Raises ExtensionBuildError with the compiler's complaint when it fails.
     """
-    from torch.utils import cpp_extension
-
     if with_cuda is None:
         with_cuda = cuda_requested()
+    # Before torch.utils.cpp_extension is imported, which otherwise guesses CUDA_HOME from a
+    # possibly wrapped nvcc (and warns) even for a CPU-only build.
+    toolkit = configure_cuda_home()
+    cpp_extension = _import_cpp_extension()
+
     cflags = list(CPU_FLAGS)
     cuda_flags = list(CUDA_FLAGS)
     if with_cuda:
-        toolkit = configure_cuda_home()
         if toolkit is None:
             raise ExtensionBuildError(
                 "CUDA kernels requested but no CUDA toolkit (bin/nvcc with lib64/libcudart.so) "
@@ -117,6 +136,7 @@ def build(with_cuda: bool | None = None, verbose: bool = False) -> ModuleType:
             extra_cflags=cflags,
             extra_cuda_cflags=cuda_flags if with_cuda else None,
             extra_include_paths=[str(sources.csrc_dir())],
+            extra_ldflags=LINK_FLAGS,
             build_directory=str(directory),
             with_cuda=with_cuda,
             verbose=verbose,

@@ -33,7 +33,12 @@ def _reassemble_fake(
 ) -> torch.Tensor:
     batch, channels, height, width = features.shape
     out_h, out_w = output_size(height, width, scale, down)
-    return features.new_empty((batch, channels, out_h, out_w), memory_format=memory_format_like(features))
+    return torch.empty(
+        (batch, channels, out_h, out_w),
+        dtype=features.dtype,
+        device=features.device,
+        memory_format=memory_format_like(features),
+    )
 
 
 @torch.library.custom_op("carafe_exp::reassemble_backward", mutates_args=(), device_types=("cpu", "cuda"))

@@ -18,7 +18,9 @@ from carafe_exp.resample.registry import register_downsampler, register_upsample
 
 @register_upsampler("carafe")
 class CarafeUpsample(nn.Module):
-    """Content-aware ×s upsampling (CARAFE). Config keys: k_up, k_encoder, c_m, normalizer, groups, compressor_norm.
+    """Content-aware ×s upsampling (CARAFE).
+
+    Config keys: k_up, k_encoder, c_m, normalizer, groups, compressor_norm.
 
     ``backend`` selects the reassembly implementation (None: ``carafe_exp.ops`` default).
     """
@@ -52,7 +54,9 @@ class CarafeUpsample(nn.Module):
 
 @register_downsampler("carafe")
 class CarafeDownsample(nn.Module):
-    """Content-aware ÷s downsampling (CARAFE++). Config keys: k_down, k_encoder, c_m, normalizer, groups, compressor_norm.
+    """Content-aware ÷s downsampling (CARAFE++).
+
+    Config keys: k_down, k_encoder, c_m, normalizer, groups, compressor_norm.
 
     Output pixel (y, x) reassembles the k_down×k_down neighbourhood of input pixel (s·y, s·x),
     so the output is ⌈H/s⌉ × ⌈W/s⌉. ``compressor_norm`` (BN+ReLU after the compressor) is the

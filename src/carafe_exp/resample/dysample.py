@@ -19,7 +19,7 @@ from torch import nn
 
 from carafe_exp.resample.checks import check_choice, check_divides, check_positive_int
 from carafe_exp.resample.registry import register_upsampler
-from carafe_exp.resample.sampling import sample_bilinear, upsampling_base_coords
+from carafe_exp.resample.sampling import coordinate_dtype, sample_bilinear, upsampling_base_coords
 from carafe_exp.resample.weight_init import normal_init
 
 # The official static scope: offsets stay within a quarter input pixel, which keeps sampling
@@ -65,7 +65,7 @@ class DySampleUpsample(nn.Module):
         else:
             offsets = self._scaled_offsets(F.pixel_shuffle(x, self.scale))
         out_h, out_w = height * self.scale, width * self.scale
-        offsets = offsets.view(batch, 2, self.groups, out_h, out_w).transpose(1, 2)
+        offsets = offsets.view(batch, 2, self.groups, out_h, out_w).transpose(1, 2).to(coordinate_dtype(x.dtype))
         base = upsampling_base_coords(height, width, self.scale, dtype=offsets.dtype, device=x.device)
         coords = (base.view(1, 1, 2, out_h, out_w) + offsets).reshape(batch * self.groups, 2, out_h, out_w)
         grouped = x.reshape(batch * self.groups, channels // self.groups, height, width)

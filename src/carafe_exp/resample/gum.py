@@ -24,7 +24,7 @@ from torch import nn
 
 from carafe_exp.resample.checks import check_positive_int
 from carafe_exp.resample.registry import register_upsampler
-from carafe_exp.resample.sampling import sample_bilinear, upsampling_base_coords
+from carafe_exp.resample.sampling import coordinate_dtype, sample_bilinear, upsampling_base_coords
 from carafe_exp.resample.weight_init import xavier_uniform_init, zero_init
 
 
@@ -53,7 +53,7 @@ class GuidedUpsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = x.shape
         upsampled = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
-        offsets = self.guidance(upsampled)
+        offsets = self.guidance(upsampled).to(coordinate_dtype(x.dtype))
         base = upsampling_base_coords(height, width, self.scale, dtype=offsets.dtype, device=x.device)
         coords = base.unsqueeze(0) + offsets / self.scale
         return sample_bilinear(x, coords)

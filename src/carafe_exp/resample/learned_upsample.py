@@ -90,7 +90,7 @@ class DeconvUpsample(nn.Module):
 
 @register_upsampler("pixel_shuffle")
 class PixelShuffleUpsample(nn.Module):
-    """'P.S.' of CARAFE Table 2 (Shi et al. 2016, mmcv's ``PixelShufflePack``): k×k conv C→C·s², PixelShuffle(s)."""
+    """'P.S.' of CARAFE Table 2 (Shi et al. 2016; mmcv's ``PixelShufflePack``): k×k conv C→C·s², PixelShuffle."""
 
     def __init__(self, channels: int, scale: int, kernel_size: int = 3) -> None:
         super().__init__()

@@ -81,10 +81,16 @@ def _build(table: dict[str, type[nn.Module]], kind: str, spec: str | Mapping[str
 
 
 def build_upsampler(spec: str | Mapping[str, Any], channels: int, scale: int, **overrides: Any) -> nn.Module:
-    """Make the upsampler named by ``spec`` (a name or a config mapping with ``name``) for ``channels`` and ``scale``."""
+    """Make the upsampler named by ``spec`` (a name, or a config mapping with ``name``) for ``channels``, ``scale``.
+
+    ``overrides`` replace entries of the config; unknown parameters raise ValueError naming the accepted ones.
+    """
     return _build(UPSAMPLERS, "upsampler", spec, channels, scale, overrides)
 
 
 def build_downsampler(spec: str | Mapping[str, Any], channels: int, scale: int, **overrides: Any) -> nn.Module:
-    """Make the downsampler named by ``spec`` (a name or a config mapping with ``name``) for ``channels`` and ``scale``."""
+    """Make the downsampler named by ``spec`` (a name, or a config mapping with ``name``) for ``channels``, ``scale``.
+
+    ``overrides`` replace entries of the config; unknown parameters raise ValueError naming the accepted ones.
+    """
     return _build(DOWNSAMPLERS, "downsampler", spec, channels, scale, overrides)

@@ -1,5 +1,9 @@
 """Bilinear sampling at sub-pixel source positions: the shared core of GUM and DySample.
 
+Coordinates and the sampling itself are computed in at least float32: under bf16/fp16 autocast a
+half-precision coordinate cannot even address every pixel of a 512-wide map (bf16 has 8 mantissa
+bits), so the learned offsets would be rounded away.
+
 Coordinates are in input pixel indices (pixel ``i`` is centred at ``i``). The base position of
 output pixel ``(Y, X)`` of a ×s upsampling is ``((Y + 0.5) / s - 0.5, (X + 0.5) / s - 0.5)``,
 the ``align_corners=False`` convention of ``F.interpolate``; sampling there with border padding
@@ -10,6 +14,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+
+def coordinate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype sampling positions are computed in: float32, or float64 for float64 inputs."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def upsampling_base_coords(height: int, width: int, scale: int, *, dtype: torch.dtype,
@@ -31,5 +40,8 @@ def sample_bilinear(features: torch.Tensor, coords: torch.Tensor) -> torch.Tenso
     # grid_sample with align_corners=False maps normalised g to pixel index (g + 1) * size / 2 - 0.5.
     grid_x = (coords[:, 0] + 0.5) * (2.0 / width) - 1.0
     grid_y = (coords[:, 1] + 0.5) * (2.0 / height) - 1.0
-    grid = torch.stack((grid_x, grid_y), dim=-1).to(features.dtype)
-    return F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    compute_dtype = torch.promote_types(coordinate_dtype(features.dtype), coords.dtype)
+    grid = torch.stack((grid_x, grid_y), dim=-1).to(compute_dtype)
+    sampled = F.grid_sample(features.to(compute_dtype), grid, mode="bilinear", padding_mode="border",
+                            align_corners=False)
+    return sampled.to(features.dtype)

@@ -1,0 +1,125 @@
+"""Every option of every config group composes, and the objects it describes instantiate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from carafe_exp.paths import config_dir
+from carafe_exp.resample import DOWNSAMPLERS, UPSAMPLERS, build_downsampler, build_upsampler
+
+CONF = config_dir()
+GROUPS = ["task", "model", "data", "upsampler", "downsampler", "schedule", "trainer", "logger", "callbacks", "paths"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_with(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # so ${hydra:...} interpolations resolve as in a run
+    return cfg
+
+
+def test_every_group_has_options() -> None:
+    for group in GROUPS:
+        assert options(group), f"conf/{group}/ has no options"
+
+
+@pytest.mark.parametrize("option", options("upsampler"))
+def test_upsampler_option_builds(option: str) -> None:
+    cfg = compose_with([f"upsampler={option}"])
+    spec = OmegaConf.to_container(cfg.upsampler)
+    assert spec["name"] == option and option in UPSAMPLERS
+    module = build_upsampler(spec, 16, 2)
+    assert module is not None
+
+
+@pytest.mark.parametrize("option", options("downsampler"))
+def test_downsampler_option_builds(option: str) -> None:
+    cfg = compose_with([f"downsampler={option}"])
+    spec = OmegaConf.to_container(cfg.downsampler)
+    assert spec["name"] == option and option in DOWNSAMPLERS
+    assert build_downsampler(spec, 16, 2) is not None
+
+
+@pytest.mark.parametrize("option", options("task"))
+def test_task_switches_model_and_data(option: str) -> None:
+    cfg = compose_with([f"task={option}"])
+    assert cfg.task.name == option
+    assert "_target_" in cfg.task.module and "_target_" in cfg.model and "_target_" in cfg.data
+    # A choice on the command line wins over the task's default.
+    other = [m for m in options("model") if m != cfg.hydra.runtime.choices.model]
+    if other:
+        assert compose_with([f"task={option}", f"model={other[0]}"]).hydra.runtime.choices.model == other[0]
+
+
+@pytest.mark.parametrize("option", options("trainer"))
+def test_trainer_option_instantiates(option: str, tmp_path: Path) -> None:
+    cfg = compose_with([f"trainer={option}", "trainer.accelerator=cpu", f"trainer.default_root_dir={tmp_path}"])
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    assert trainer.max_epochs == cfg.schedule.max_epochs
+
+
+@pytest.mark.parametrize("option", options("logger"))
+def test_logger_option_instantiates(option: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_with([f"logger={option}", f"hydra.run.dir={tmp_path}"])
+    OmegaConf.update(cfg, "paths.output_dir", str(tmp_path), force_add=True)
+    for node in cfg.logger.values():
+        logger = instantiate(node, **({"offline": True} if "Wandb" in node._target_ else {}))
+        assert logger is not None
+
+
+@pytest.mark.parametrize("option", options("callbacks"))
+def test_callbacks_option_instantiates(option: str, tmp_path: Path) -> None:
+    cfg = compose_with([f"callbacks={option}"])
+    OmegaConf.update(cfg, "paths.output_dir", str(tmp_path), force_add=True)
+    callbacks = [instantiate(node) for node in cfg.callbacks.values()]
+    assert any(type(cb).__name__ == "ModelCheckpoint" for cb in callbacks)
+
+
+@pytest.mark.parametrize("option", options("schedule"))
+def test_schedule_option_composes(option: str) -> None:
+    cfg = compose_with([f"schedule={option}"])
+    assert cfg.schedule.max_epochs >= 1
+    assert cfg.schedule.policy in ("step", "poly", "cosine", "constant")
+
+
+@pytest.mark.parametrize("option", options("data"))
+def test_data_option_instantiates(option: str, sample_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CARAFE_EXP_CACHE", str(sample_cache))
+    cfg = compose_with([f"data={option}"])
+    if cfg.data.get("sample") is None:
+        # A real-data option: point it at the matching generated sample, which has the real layout.
+        sample_option = f"{option}_sample"
+        assert sample_option in options("data"), f"data={option} has no {sample_option} to test with"
+        sample_cfg = compose_with([f"data={sample_option}"])
+        instantiate(sample_cfg.data)  # writes the sample
+        OmegaConf.update(cfg, "data.root", sample_cfg.data.root)
+    datamodule = instantiate(cfg.data)
+    assert datamodule.num_classes >= 1
+
+
+def test_model_option_instantiates() -> None:
+    for option in options("model"):
+        cfg = compose_with([f"model={option}"])
+        model = instantiate(cfg.model, num_classes=3, upsampler=OmegaConf.to_container(cfg.upsampler),
+                            downsampler=OmegaConf.to_container(cfg.downsampler), _convert_="all")
+        assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_slurm_launcher_composes() -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    cfg = compose_with(["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4"])
+    assert cfg.hydra.launcher.tasks_per_node == 4
+    assert "submitit" in cfg.hydra.launcher._target_

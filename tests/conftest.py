@@ -1,0 +1,37 @@
+"""Shared test fixtures: a per-session sample cache, the CLI environment, the gpu marker's skip."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def sample_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache of generated sample datasets shared by every xdist worker of the session."""
+    cache = tmp_path_factory.getbasetemp().parent / "carafe-exp-cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    return cache
+
+
+@pytest.fixture
+def cli_env(sample_cache: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["CARAFE_EXP_CACHE"] = str(sample_cache)
+    env["WANDB_MODE"] = "offline"
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+

@@ -1,0 +1,57 @@
+"""Test inputs and an explicit-loop oracle for the reassembly-operator tests (imported by tests/ops)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from carafe_exp.ops import kernels_shape, output_size
+
+
+def random_case(
+    batch: int,
+    channels: int,
+    height: int,
+    width: int,
+    kernel_size: int,
+    scale: int,
+    groups: int,
+    down: bool,
+    dtype: torch.dtype = torch.float64,
+    normalised: bool = True,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and (softmax-normalised by default) kernels of a consistent shape."""
+    features = torch.randn(batch, channels, height, width, dtype=torch.float64, generator=generator)
+    shape = kernels_shape(features.shape, kernel_size, scale, groups, down)
+    kernels = torch.randn(shape, dtype=torch.float64, generator=generator)
+    if normalised:
+        taps = kernel_size * kernel_size
+        kernels = kernels.unflatten(1, (groups, taps)).softmax(2).flatten(1, 2)
+    return features.to(dtype), kernels.to(dtype)
+
+
+def naive_reassemble(
+    features: torch.Tensor, kernels: torch.Tensor, kernel_size: int, scale: int, groups: int, down: bool
+) -> torch.Tensor:
+    """The defining formula as explicit loops (float64 numpy): an oracle independent of both backends."""
+    x = features.detach().double().numpy()
+    k = kernels.detach().double().numpy()
+    batch, channels, height, width = x.shape
+    out_h, out_w = output_size(height, width, scale, down)
+    radius = kernel_size // 2
+    group_channels = channels // groups
+    out = np.zeros((batch, channels, out_h, out_w))
+    for y in range(out_h):
+        for col in range(out_w):
+            src_y, src_x = (y * scale, col * scale) if down else (y // scale, col // scale)
+            for dy in range(-radius, radius + 1):
+                for dx in range(-radius, radius + 1):
+                    iy, ix = src_y + dy, src_x + dx
+                    if not (0 <= iy < height and 0 <= ix < width):
+                        continue
+                    tap = (dy + radius) * kernel_size + (dx + radius)
+                    for c in range(channels):
+                        g = c // group_channels
+                        out[:, c, y, col] += k[:, g * kernel_size**2 + tap, y, col] * x[:, c, iy, ix]
+    return torch.from_numpy(out)

@@ -97,7 +97,7 @@ def _check_launch(cfg: DictConfig) -> None:
     if _is_multirun() and launcher == "basic" and strategy.startswith("ddp") and many:
         raise ConfigError(
             "a sweep with the basic launcher runs each job as one process and cannot start DDP workers; "
-            "run the jobs one by one, or sweep with hydra/launcher=slurm (one SLURM task per GPU)")
+            "run the jobs one by one, or sweep with hydra/launcher=submitit_slurm (one SLURM task per GPU)")
 
 
 def _adapt_trainer(cfg: DictConfig) -> None:

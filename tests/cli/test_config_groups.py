@@ -120,6 +120,11 @@ def test_model_option_instantiates() -> None:
 
 def test_slurm_launcher_composes() -> None:
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    cfg = compose_with(["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4"])
-    assert cfg.hydra.launcher.tasks_per_node == 4
-    assert "submitit" in cfg.hydra.launcher._target_
+    cfg = compose_with(["hydra/launcher=submitit_slurm", "trainer=ddp", "trainer.devices=4"])
+    assert cfg.hydra.launcher.tasks_per_node == 4 and cfg.hydra.launcher.gpus_per_node == 4
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    # The launcher really is instantiable from the shipped config.
+    from hydra.utils import instantiate as make
+
+    launcher_cls = make({"_target_": "hydra.utils.get_class", "path": cfg.hydra.launcher._target_})
+    assert launcher_cls.__name__ == "SlurmLauncher"

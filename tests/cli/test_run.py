@@ -91,3 +91,12 @@ def test_corrupt_image_names_the_file(cli_env: dict[str, str], tmp_path: Path) -
                      cli_env, check=False)
     assert result.returncode == 2, result.stderr[-3000:]
     assert f"cannot read image {corrupt}" in result.stderr
+
+
+def test_carafe_downsampler_in_the_classification_backbone(cli_env: dict[str, str], tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_cli([*TINY_CLASSIFICATION, "downsampler=carafe", "model.sites.backbone=true", "trainer.fast_dev_run=true",
+             "logger=none", f"hydra.run.dir={run_dir}"], cli_env)
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["config"]["downsampler"]["name"] == "carafe"
+    assert 0.0 <= record["metrics"]["top1"] <= 100.0

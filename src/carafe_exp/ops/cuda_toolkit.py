@@ -36,13 +36,18 @@ def _wrapper_target(nvcc: Path) -> Path | None:
     return Path(match.group(1)) if match else None
 
 
+def _system_candidates() -> list[Path]:
+    """The conventional install locations, newest versioned one first."""
+    versioned = sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    return [Path("/usr/local/cuda"), *(Path(p) for p in versioned)]
+
+
 def _candidates() -> list[Path]:
     found: list[Path] = []
     for variable in ("CUDA_HOME", "CUDA_PATH"):
         if os.environ.get(variable):
             found.append(Path(os.environ[variable]))
-    found.append(Path("/usr/local/cuda"))
-    found.extend(Path(p) for p in sorted(glob.glob("/usr/local/cuda-*"), reverse=True))
+    found.extend(_system_candidates())
     nvcc = shutil.which("nvcc")
     if nvcc:
         nvcc_path = Path(nvcc)

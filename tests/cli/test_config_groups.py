@@ -128,3 +128,18 @@ def test_slurm_launcher_composes() -> None:
 
     launcher_cls = make({"_target_": "hydra.utils.get_class", "path": cfg.hydra.launcher._target_})
     assert launcher_cls.__name__ == "SlurmLauncher"
+
+
+EXPERIMENTS = sorted(str(p.relative_to(CONF / "experiment").with_suffix("")) for p in (CONF / "experiment").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes_with_its_sweep(experiment: str) -> None:
+    cfg = compose_with([f"experiment={experiment}"])
+    assert cfg.hydra.runtime.choices.task == cfg.task.name
+    swept = cfg.hydra.sweeper.params
+    for option in str(swept.upsampler).split(","):
+        assert option in options("upsampler"), option
+    # A user's own choice on the command line still wins over the experiment's.
+    assert compose_with([f"experiment={experiment}", "schedule=demo"]).schedule.max_epochs == \
+        compose_with(["schedule=demo"]).schedule.max_epochs

@@ -108,11 +108,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "CARAFE / CARAFE++ reassembly kernels (CPU and, when built with CUDA, CUDA)";
   m.def("forward", &carafe_exp::forward, "CARAFE forward", py::arg("features"),
         py::arg("kernels"), py::arg("kernel_size"), py::arg("scale"), py::arg("groups"),
-        py::arg("down"), py::arg("channels_last"));
+        py::arg("down"), py::arg("channels_last"),
+        // The kernels touch no Python objects: let other Python threads run meanwhile.
+        py::call_guard<py::gil_scoped_release>());
   m.def("backward", &carafe_exp::backward, "CARAFE backward (grad_features, grad_kernels)",
         py::arg("grad_output"), py::arg("features"), py::arg("kernels"),
         py::arg("kernel_size"), py::arg("scale"), py::arg("groups"), py::arg("down"),
-        py::arg("features_channels_last"), py::arg("kernels_channels_last"));
+        py::arg("features_channels_last"), py::arg("kernels_channels_last"),
+        py::call_guard<py::gil_scoped_release>());
   m.attr("has_cuda") =
 #ifdef CARAFE_WITH_CUDA
       true;

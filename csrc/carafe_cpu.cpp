@@ -6,9 +6,11 @@
 // buffers laid out so that every term is a plain contiguous row with a fixed offset (input
 // rows upsampled or split into s phases, zero padded at the borders, converted to the
 // accumulation type), and (2) evaluate the sums in register-sized column chunks with the
-// term loop inside (dot_rows below), which the compiler vectorises with the accumulator in
-// registers. Strides are used only when filling and draining the buffers, so channels-last
-// and other non-contiguous tensors are read in place; nothing output-sized is allocated.
+// term loop inside (dot_rows, dot_block_rows and scale_accumulate_rows below, written with
+// explicit SIMD vectors). The forward pass computes two channels and, for upsampling, the s
+// output rows that read the same input rows together, so each loaded vector feeds several
+// FMAs. Strides are used only when filling and draining the buffers, so channels-last and
+// other non-contiguous tensors are read in place; nothing output-sized is allocated.
 //
 // Parallelism: at::parallel_for over (batch, group, row). Kernel weights are shared by the
 // channels of a group, so their buffers are filled once per task and reused for every
@@ -31,6 +33,14 @@ namespace {
 
 // Output columns per block (the weight buffers of a block stay in L2 across channels).
 constexpr int64_t kColumnBlock = 256;
+
+// Multiply-adds below which a parallel_for chunk is not worth waking another thread for
+// (ATen's own kernels use a similar grain); tiny calls then run on the calling thread.
+constexpr int64_t kParallelGrainWork = int64_t(1) << 20;
+
+int64_t grain_for(int64_t work_per_task) {
+  return std::max<int64_t>(1, kParallelGrainWork / std::max<int64_t>(1, work_per_task));
+}
 
 Strides4 strides_of(const at::Tensor& t) {
   return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
@@ -125,16 +135,15 @@ void load_phases(const scalar_t* row, int64_t stride, int64_t width, int64_t s, 
       }
     }
   }
+  // The few positions at the borders, where some phases fall outside the row.
   for (int64_t p = 0; p < s; ++p) {
     acc_t* phase = dst + p * pitch;
-    for (int64_t m = 0; m < count; ++m) {
-      if (m >= lo && m < hi) {
-        m = hi - 1;
-        continue;
-      }
+    auto border = [&](int64_t m) {
       const int64_t ix = s * (m_lo + m) + p;
       phase[m] = (ix >= 0 && ix < width) ? static_cast<acc_t>(row[ix * stride]) : acc_t(0);
-    }
+    };
+    for (int64_t m = 0; m < lo; ++m) border(m);
+    for (int64_t m = hi; m < count; ++m) border(m);
   }
 }
 
@@ -179,39 +188,101 @@ inline void store_vec(T* p, typename Simd<T>::type v) {
 }
 
 // Vectors per register chunk: enough independent accumulators to hide the FMA latency.
-constexpr int64_t kChunkVectors = 6;
+constexpr int64_t kChunkVectors = 6;  // the switch in dot_rows covers 1 .. kChunkVectors-1
+
+// out[x .. x + NV*L) = sum_t a[t][..] * b[t][..] with NV vector accumulators in registers.
+template <typename acc_t, int64_t NV>
+inline void dot_chunk(const acc_t* const* a, const acc_t* const* b, int64_t terms, int64_t x,
+                      acc_t* __restrict__ out) {
+  using V = typename Simd<acc_t>::type;
+  constexpr int64_t L = Simd<acc_t>::lanes;
+  V acc[NV] = {};
+  for (int64_t t = 0; t < terms; ++t) {
+    const acc_t* pa = a[t] + x;
+    const acc_t* pb = b[t] + x;
+#pragma GCC unroll 8
+    for (int64_t v = 0; v < NV; ++v) acc[v] += load_vec(pa + v * L) * load_vec(pb + v * L);
+  }
+#pragma GCC unroll 8
+  for (int64_t v = 0; v < NV; ++v) store_vec(out + x + v * L, acc[v]);
+}
 
 // out[i] = sum_t a[t][i] * b[t][i] for i in [0, count). The term loop is inside the column
-// chunk so the partial sums stay in registers.
+// chunk so the partial sums stay in registers; the last partial chunk still gets one
+// accumulator per vector (a single accumulator would serialise on the FMA latency).
 template <typename acc_t>
 void dot_rows(const acc_t* const* a, const acc_t* const* b, int64_t terms, int64_t count,
               acc_t* __restrict__ out) {
-  using V = typename Simd<acc_t>::type;
   constexpr int64_t L = Simd<acc_t>::lanes;
   constexpr int64_t chunk = kChunkVectors * L;
   int64_t x = 0;
-  for (; x + chunk <= count; x += chunk) {
-    V acc[kChunkVectors] = {};
-    for (int64_t t = 0; t < terms; ++t) {
-      const acc_t* pa = a[t] + x;
-      const acc_t* pb = b[t] + x;
-#pragma GCC unroll 8
-      for (int64_t v = 0; v < kChunkVectors; ++v) {
-        acc[v] += load_vec(pa + v * L) * load_vec(pb + v * L);
-      }
-    }
-#pragma GCC unroll 8
-    for (int64_t v = 0; v < kChunkVectors; ++v) store_vec(out + x + v * L, acc[v]);
-  }
-  for (; x + L <= count; x += L) {
-    V acc = {};
-    for (int64_t t = 0; t < terms; ++t) acc += load_vec(a[t] + x) * load_vec(b[t] + x);
-    store_vec(out + x, acc);
+  for (; x + chunk <= count; x += chunk) dot_chunk<acc_t, kChunkVectors>(a, b, terms, x, out);
+  switch ((count - x) / L) {
+    case 5: dot_chunk<acc_t, 5>(a, b, terms, x, out); x += 5 * L; break;
+    case 4: dot_chunk<acc_t, 4>(a, b, terms, x, out); x += 4 * L; break;
+    case 3: dot_chunk<acc_t, 3>(a, b, terms, x, out); x += 3 * L; break;
+    case 2: dot_chunk<acc_t, 2>(a, b, terms, x, out); x += 2 * L; break;
+    case 1: dot_chunk<acc_t, 1>(a, b, terms, x, out); x += L; break;
+    default: break;
   }
   for (; x < count; ++x) {
     acc_t acc = 0;
     for (int64_t t = 0; t < terms; ++t) acc += a[t][x] * b[t][x];
     out[x] = acc;
+  }
+}
+
+// Register block for the forward pass: R output rows (upsampling: the s rows that read the
+// same input rows) times P channels (which share the weights). Per term it loads R weight
+// vectors and P input vectors for R*P fused multiply-adds, halving the loads per FMA of
+// dot_rows when R = P = 2; the forward pass is bound by those loads.
+//   out[r*P + p][x] = sum_t w[t][x + offset + r*row_step] * u[p][t][x]
+template <typename acc_t, int64_t R, int64_t P, int64_t NV>
+inline void dot_block_chunk(const acc_t* const* w, int64_t offset, int64_t row_step,
+                            const acc_t* const* const* u, int64_t terms, int64_t x,
+                            acc_t* const* out) {
+  using V = typename Simd<acc_t>::type;
+  constexpr int64_t L = Simd<acc_t>::lanes;
+  V acc[R * P][NV] = {};
+  for (int64_t t = 0; t < terms; ++t) {
+    const acc_t* pw = w[t] + x + offset;
+#pragma GCC unroll 4
+    for (int64_t v = 0; v < NV; ++v) {
+      V wv[R], uv[P];
+#pragma GCC unroll 4
+      for (int64_t r = 0; r < R; ++r) wv[r] = load_vec(pw + r * row_step + v * L);
+#pragma GCC unroll 4
+      for (int64_t p = 0; p < P; ++p) uv[p] = load_vec(u[p][t] + x + v * L);
+#pragma GCC unroll 4
+      for (int64_t r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+        for (int64_t p = 0; p < P; ++p) acc[r * P + p][v] += wv[r] * uv[p];
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int64_t o = 0; o < R * P; ++o) {
+#pragma GCC unroll 4
+    for (int64_t v = 0; v < NV; ++v) store_vec(out[o] + x + v * L, acc[o][v]);
+  }
+}
+
+template <typename acc_t, int64_t R, int64_t P>
+void dot_block_rows(const acc_t* const* w, int64_t offset, int64_t row_step,
+                    const acc_t* const* const* u, int64_t terms, int64_t count, acc_t* const* out) {
+  constexpr int64_t L = Simd<acc_t>::lanes;
+  constexpr int64_t NV = (R * P >= 4) ? 3 : 4;  // accumulators fit the 16 vector registers of AVX2
+  int64_t x = 0;
+  for (; x + NV * L <= count; x += NV * L) dot_block_chunk<acc_t, R, P, NV>(w, offset, row_step, u, terms, x, out);
+  for (; x + L <= count; x += L) dot_block_chunk<acc_t, R, P, 1>(w, offset, row_step, u, terms, x, out);
+  for (; x < count; ++x) {
+    for (int64_t r = 0; r < R; ++r) {
+      for (int64_t p = 0; p < P; ++p) {
+        acc_t sum = 0;
+        for (int64_t t = 0; t < terms; ++t) sum += w[t][x + offset + r * row_step] * u[p][t][x];
+        out[r * P + p][x] = sum;
+      }
+    }
   }
 }
 
@@ -318,10 +389,17 @@ void forward_impl(const at::Tensor& features, const at::Tensor& kernels, at::Ten
   const int64_t task_rows = g.down ? g.out_h : g.in_h;
   const int64_t block = std::min(kColumnBlock, g.out_w);
   const InputRows layout(g, block);
+  constexpr int64_t kPair = 2;  // channels sharing the weight loads
+  const int64_t row_step = taps * block;  // weights of output row a_row+1 vs a_row
 
-  at::parallel_for(0, g.batch * g.groups * task_rows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> weights(rows_per_task * taps * block), inputs(k * layout.pitch), result(block);
-    std::vector<const acc_t*> a(taps), b(taps);
+  const int64_t grain = grain_for(g.group_channels * rows_per_task * g.out_w * taps);
+  at::parallel_for(0, g.batch * g.groups * task_rows, grain, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> weights(rows_per_task * taps * block), inputs(kPair * k * layout.pitch),
+        results(rows_per_task * kPair * block);
+    std::vector<const acc_t*> w(taps), u_storage(kPair * taps);
+    const acc_t* const* u[kPair] = {u_storage.data(), u_storage.data() + taps};
+    std::vector<acc_t*> out(rows_per_task * kPair);
+    for (int64_t o = 0; o < rows_per_task * kPair; ++o) out[o] = results.data() + o * block;
     for (int64_t task_id = begin; task_id < end; ++task_id) {
       const Task task = decode(task_id, task_rows, g.groups);
       const int64_t first_out_row = task.row * rows_per_task;
@@ -331,30 +409,42 @@ void forward_impl(const at::Tensor& features, const at::Tensor& kernels, at::Ten
         for (int64_t a_row = 0; a_row < rows_per_task; ++a_row) {
           for (int64_t t = 0; t < taps; ++t) {
             load_padded(k_data + ks.offset(task.n, task.grp * taps + t, first_out_row + a_row, 0),
-                        ks.w, g.out_w, x0, count, weights.data() + (a_row * taps + t) * block);
+                        ks.w, g.out_w, x0, count, weights.data() + a_row * row_step + t * block);
           }
         }
-        for (int64_t c = task.grp * g.group_channels; c < (task.grp + 1) * g.group_channels; ++c) {
+        const int64_t c_end = (task.grp + 1) * g.group_channels;
+        for (int64_t c = task.grp * g.group_channels; c < c_end; c += kPair) {
+          const int64_t pair = std::min(kPair, c_end - c);
           int64_t terms = 0;
           for (int64_t dy = -r; dy <= r; ++dy) {
             const int64_t iy = src_y + dy;
             if (iy < 0 || iy >= g.in_h) continue;  // zero rows contribute nothing
-            acc_t* row = inputs.data() + (dy + r) * layout.pitch;
-            layout.fill(x_data + xs.offset(task.n, c, iy, 0), xs.w, g, x0, row);
-            for (int64_t d = 0; d < k; ++d) {
-              a[terms] = weights.data() + ((dy + r) * k + d) * block;  // row offset added below
-              b[terms] = row + layout.shift[d];
-              ++terms;
+            for (int64_t p = 0; p < pair; ++p) {
+              acc_t* row = inputs.data() + (p * k + dy + r) * layout.pitch;
+              layout.fill(x_data + xs.offset(task.n, c + p, iy, 0), xs.w, g, x0, row);
+              for (int64_t d = 0; d < k; ++d) u_storage[p * taps + terms + d] = row + layout.shift[d];
+            }
+            for (int64_t d = 0; d < k; ++d) w[terms + d] = weights.data() + ((dy + r) * k + d) * block;
+            terms += k;
+          }
+          if (pair == kPair && rows_per_task == 2) {
+            dot_block_rows<acc_t, 2, kPair>(w.data(), 0, row_step, u, terms, count, out.data());
+          } else if (pair == kPair) {
+            for (int64_t a_row = 0; a_row < rows_per_task; ++a_row) {
+              dot_block_rows<acc_t, 1, kPair>(w.data(), a_row * row_step, 0, u, terms, count,
+                                              out.data() + a_row * kPair);
+            }
+          } else {
+            for (int64_t a_row = 0; a_row < rows_per_task; ++a_row) {
+              dot_block_rows<acc_t, 1, 1>(w.data(), a_row * row_step, 0, u, terms, count,
+                                          out.data() + a_row * kPair);
             }
           }
           for (int64_t a_row = 0; a_row < rows_per_task; ++a_row) {
-            std::vector<const acc_t*>& w = a;
-            if (a_row > 0) {
-              for (int64_t t = 0; t < terms; ++t) w[t] += taps * block;
+            for (int64_t p = 0; p < pair; ++p) {
+              store_row(out[a_row * kPair + p], count,
+                        o_data + os.offset(task.n, c + p, first_out_row + a_row, x0), os.w);
             }
-            dot_rows(w.data(), b.data(), terms, count, result.data());
-            store_row(result.data(), count,
-                      o_data + os.offset(task.n, c, first_out_row + a_row, x0), os.w);
           }
         }
       }
@@ -379,7 +469,8 @@ void grad_kernels_impl(const at::Tensor& grad_output, const at::Tensor& features
   const int64_t block = std::min(kColumnBlock, g.out_w);
   const InputRows layout(g, block);
 
-  at::parallel_for(0, g.batch * g.groups * task_rows, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = grain_for(g.group_channels * rows_per_task * g.out_w * taps);
+  at::parallel_for(0, g.batch * g.groups * task_rows, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> grads(rows_per_task * taps * block), inputs(k * layout.pitch),
         grad_row(block);
     std::vector<const acc_t*> b(taps);
@@ -445,7 +536,8 @@ void grad_features_up_impl(const at::Tensor& grad_output, const at::Tensor& kern
   const int64_t span = s * (block + 2 * r);  // output columns read by one block
   const int64_t max_terms = k * s * k;
 
-  at::parallel_for(0, g.batch * g.groups * g.in_h, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = grain_for(g.group_channels * g.in_w * taps * (g.down ? 1 : s * s));
+  at::parallel_for(0, g.batch * g.groups * g.in_h, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> weights(max_terms * span), grads(k * s * span), pooled_src(s * block),
         result(block);
     std::vector<const acc_t*> a(max_terms), b(max_terms);
@@ -520,7 +612,8 @@ void grad_features_down_impl(const at::Tensor& grad_output, const at::Tensor& ke
   const int64_t block = positions * s;
   const int64_t span = positions + q_max - q_min;  // output columns read by one block
 
-  at::parallel_for(0, g.batch * g.groups * g.in_h, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = grain_for(g.group_channels * g.in_w * taps * (g.down ? 1 : s * s));
+  at::parallel_for(0, g.batch * g.groups * g.in_h, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> weights(k * k * span), grads(k * span), phases(s * positions),
         result(block);
     std::vector<const acc_t*> a(k * k), b(k * k);
@@ -567,8 +660,9 @@ void grad_features_down_impl(const at::Tensor& grad_output, const at::Tensor& ke
               dot_rows(a.data(), b.data(), terms, positions, phase);
             }
           }
-          for (int64_t jj = 0; jj < count; ++jj) {
-            result[jj] = phases[(jj % s) * positions + jj / s];
+          for (int64_t p = 0; p < s; ++p) {
+            const acc_t* phase = phases.data() + p * positions;
+            for (int64_t m = 0; s * m + p < count; ++m) result[s * m + p] = phase[m];
           }
           store_row(result.data(), count, gx_data + gxs.offset(task.n, c, i, j0), gxs.w);
         }

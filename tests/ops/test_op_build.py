@@ -38,8 +38,8 @@ def test_build_directory_is_keyed_by_torch_device_and_sources(monkeypatch: pytes
     assert extension.build_directory(False, []).parent == Path.home() / ".cache" / "carafe-exp" / "ext"
 
 
-def test_loaded_extension_is_the_cpu_build(compiled_extension) -> None:
-    assert compiled_extension.has_cuda == torch.cuda.is_available()
+def test_loaded_extension_has_cuda_kernels_exactly_when_requested(compiled_extension) -> None:
+    assert compiled_extension.has_cuda == extension.cuda_requested()
 
 
 def _fake_toolkit(root: Path, lib: str = "lib64") -> Path:

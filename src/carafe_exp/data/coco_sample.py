@@ -33,8 +33,12 @@ CATEGORIES: tuple[dict[str, Any], ...] = (
     {"id": 5, "name": "triangle", "supercategory": "shape"},
     {"id": 9, "name": "ring", "supercategory": "shape"},
 )
-# Side-length ranges (pixels) whose areas fall in COCO's small / medium / large buckets.
-_SIZE_RANGES = {"small": (10, 28), "medium": (38, 88), "large": (100, 10_000)}
+# Object areas (pixels) inside COCO's small (< 32²), medium and large (> 96²) ranges, with margins
+# so that rounding never moves an object across a boundary.
+_AREA_RANGES = {"small": (120.0, 850.0), "medium": (1300.0, 8000.0), "large": (9700.0, 40_000.0)}
+# Area of each shape relative to its bounding box (the ring's hole takes 0.44² of the ellipse).
+_FILL = {"rectangle": 1.0, "ellipse": math.pi / 4, "triangle": 0.5, "ring": math.pi / 4 * (1 - 0.44 ** 2),
+         "crowd": 1.0}
 
 
 def _uncompressed_rle(mask: np.ndarray) -> dict[str, Any]:
@@ -110,20 +114,30 @@ def _make_image(rng: np.random.Generator, image_id: int, height: int, width: int
     pixels = _background(rng, height, width)
     anns: list[dict[str, Any]] = []
     placed: list[tuple[int, int, int, int]] = []
-    requests: list[str | None] = [None] * int(rng.integers(1, max_objects + 1))
+    # Decide every object's class and size first and place the big ones first, so that medium and
+    # large objects find room (placing in random order leaves mostly small ones).
+    requests: list[tuple[str, str, dict[str, Any]]] = []
+    for _ in range(int(rng.integers(1, max_objects + 1))):
+        category = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
+        requests.append((category["name"], str(rng.choice(list(_AREA_RANGES))), category))
+    order = {"large": 0, "medium": 1, "small": 2}
+    requests.sort(key=lambda request: order[request[1]])
     if rng.random() < crowd_prob:
-        requests.insert(0, "crowd")
-    for request in requests:
+        requests.append(("crowd", "medium", CATEGORIES[0]))
+    for request, bucket, category in requests:
+        kind = request
         for _attempt in range(20):
-            bucket = str(rng.choice(list(_SIZE_RANGES))) if request is None else "medium"
-            lo, hi = _SIZE_RANGES[bucket]
-            hi = min(hi, min(height, width) - 4)
-            if hi < lo:
-                bucket, (lo, hi) = "medium", (_SIZE_RANGES["medium"][0], min(height, width) - 4)
-            side = float(rng.uniform(lo, hi))
-            aspect = float(rng.uniform(0.7, 1.4))
-            w = int(max(min(side * math.sqrt(aspect), width - 4), 6))
-            h = int(max(min(side / math.sqrt(aspect), height - 4), 6))
+            fill = _FILL[kind]
+            limit = min(height, width) - 4
+            lo, hi = _AREA_RANGES[bucket]
+            hi = min(hi, fill * limit * limit)
+            if hi < lo:  # this shape cannot be large in this image; make it a rectangle
+                kind, fill, category = "rectangle", 1.0, CATEGORIES[0]
+                hi = min(_AREA_RANGES[bucket][1], limit * limit)
+            side = math.sqrt(float(rng.uniform(lo, hi)) / fill)
+            aspect = float(rng.uniform(0.8, 1.25)) if bucket != "large" else 1.0
+            w = int(round(min(side * math.sqrt(aspect), limit)))
+            h = int(round(min(side / math.sqrt(aspect), limit)))
             x0, y0 = int(rng.integers(1, width - w)), int(rng.integers(1, height - h))
             box = (x0, y0, x0 + w, y0 + h)
             if not _overlaps(box, placed):
@@ -133,18 +147,16 @@ def _make_image(rng: np.random.Generator, image_id: int, height: int, width: int
         placed.append(box)
         colour = rng.uniform(0, 255, size=3)
         if request == "crowd":
-            category = CATEGORIES[0]
             mask = _crowd_mask(x0, y0, w, h, height, width, rng)
             segmentation: Any = _uncompressed_rle(mask)
             iscrowd = 1
         else:
-            category = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
             iscrowd = 0
-            if category["name"] == "ring":
+            if kind == "ring":
                 mask = _ring_mask(x0, y0, w, h, height, width)
                 segmentation = _compressed_rle(mask)
             else:
-                polygon = _shape_polygon(category["name"], x0, y0, w, h, rng)
+                polygon = _shape_polygon(kind, x0, y0, w, h, rng)
                 mask = _draw_polygon_mask(polygon, height, width)
                 segmentation = [polygon]
         if not mask.any():

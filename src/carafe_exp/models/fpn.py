@@ -93,14 +93,4 @@ class ResampledFPN(FeaturePyramidNetwork):
         return OrderedDict(zip(names, results))
 
 
-def upsampler_sites(fpn: ResampledFPN) -> list[str]:
-    """Names of the top-down steps (for logging which site got which resampler)."""
-    return [f"fpn.P{i + 3}->P{i + 2}" for i in range(len(fpn.upsamplers))]
-
-
-def count_upsampler_parameters(fpn: ResampledFPN) -> int:
-    """Parameters added by the top-down upsamplers (0 for nearest/bilinear)."""
-    return sum(p.numel() for p in fpn.upsamplers.parameters())
-
-
-__all__ = ["ResampledFPN", "count_upsampler_parameters", "upsampler_sites"]
+__all__ = ["ResampledFPN"]

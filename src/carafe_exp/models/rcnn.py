@@ -8,6 +8,9 @@ Built from torchvision's ``FasterRCNN`` / ``MaskRCNN`` (RPN, RoI heads, anchor g
 - ``mask_head``: the mask predictor's 14→28 upsampling (original: 2×2 deconv + ReLU);
 - ``backbone``: ResNet's stem max-pool and the stride-2 of layer2–4's first bottleneck.
 
+Sites not given are off, except ``fpn``, which is on unless ``sites`` says ``fpn: false``
+(with the default upsampler, nearest, that is the original FPN).
+
 Images are resized inside the model (short side ``min_size``, long side at most ``max_size``)
 and padded to a multiple of 32, or 64 with ``fpn_p6``; predictions come back in the coordinates
 of the images given to ``forward``. ``num_classes`` counts object categories without the
@@ -46,11 +49,12 @@ _RCNN_KWARGS = frozenset({
 
 
 def _check_sites(sites: Mapping[str, bool] | None, allowed: tuple[str, ...], model: str) -> dict[str, bool]:
-    sites = {str(k): bool(v) for k, v in dict(sites or {}).items()}
-    unknown = sorted(set(sites) - set(allowed))
+    given = {str(k): bool(v) for k, v in dict(sites or {}).items()}
+    unknown = sorted(set(given) - set(allowed))
     if unknown:
         raise ConfigError(f"{model} has no site(s) {unknown}; model.sites may set {list(allowed)}")
-    return sites
+    # As in the configs: the upsampler goes into the FPN unless told otherwise.
+    return {"fpn": True, **given}
 
 
 def _check_rcnn_kwargs(rcnn: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -12,8 +12,6 @@ import warnings
 
 import torch
 
-from carafe_exp.ops import extension
-
 BACKEND_ENV = "CARAFE_EXP_BACKEND"
 BACKENDS = ("auto", "compiled", "reference")
 
@@ -22,6 +20,10 @@ _state: dict[str, object] = {}
 
 def _try_load() -> bool:
     """Build/load the extension once per process; remember the outcome."""
+    # Imported here, not at module level, so that `python -m carafe_exp.ops.extension` does not
+    # find the module already imported by the package (runpy warns about that).
+    from carafe_exp.ops import extension
+
     if "loaded" not in _state:
         try:
             extension.load()
@@ -61,7 +63,7 @@ def _warn_fallback() -> bool:
             f"carafe: the compiled extension is unavailable, using the slower pure-PyTorch reference "
             f"({_state.get('error')}). Run `python -m carafe_exp.ops.extension --verbose` to see the build log.",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=5,  # the caller of carafe() / carafe_down()
         )
     return True
 
@@ -78,7 +80,9 @@ def use_compiled(backend: str | None) -> bool:
     if compiled_available():
         return True
     if name == "compiled":
-        raise extension.ExtensionBuildError(
+        from carafe_exp.ops.extension import ExtensionBuildError
+
+        raise ExtensionBuildError(
             f"backend='compiled' was requested but the CARAFE extension is unavailable: {_state.get('error')}"
         )
     _warn_fallback()

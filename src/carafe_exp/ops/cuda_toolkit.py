@@ -38,7 +38,10 @@ def _wrapper_target(nvcc: Path) -> Path | None:
 
 def _system_candidates() -> list[Path]:
     """The conventional install locations, newest versioned one first."""
-    versioned = sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    def version(path: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in re.findall(r"\d+", Path(path).name))
+
+    versioned = sorted(glob.glob("/usr/local/cuda-*"), key=version, reverse=True)
     return [Path("/usr/local/cuda"), *(Path(p) for p in versioned)]
 
 

@@ -42,6 +42,8 @@ def _reassemble(
     if isinstance(features, torch.Tensor) and isinstance(kernels, torch.Tensor):
         features, kernels = _autocast_promote(features, kernels)
     check_arguments(features, kernels, kernel_size, scale, groups, down)
+    # numpy integers pass validation but not the op schema; SymInts (dynamic shapes) stay as they are.
+    kernel_size, scale, groups = (v if isinstance(v, torch.SymInt) else int(v) for v in (kernel_size, scale, groups))
     if torch.onnx.is_in_onnx_export() or not use_compiled(backend):
         return reassemble_reference(features, kernels, kernel_size, scale, groups, down)
     return library.reassemble(features, kernels, kernel_size, scale, groups, down)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from carafe_exp.ops import extension
 from carafe_exp.ops.geometry import is_channels_last, memory_format_like, output_size
 
 
@@ -24,6 +23,8 @@ def reassemble(
     features: torch.Tensor, kernels: torch.Tensor, kernel_size: int, scale: int, groups: int, down: bool
 ) -> torch.Tensor:
     """Compiled CARAFE (``down=False``) / CARAFE++ downsampling forward; arguments pre-validated."""
+    from carafe_exp.ops import extension  # lazily: the build happens on first use
+
     return extension.load().forward(features, kernels, kernel_size, scale, groups, down, is_channels_last(features))
 
 
@@ -52,6 +53,8 @@ def reassemble_backward(
     down: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients (features, kernels) of ``reassemble``; deterministic gathers, no atomics."""
+    from carafe_exp.ops import extension
+
     grad_features, grad_kernels = extension.load().backward(
         grad_output, features, kernels, kernel_size, scale, groups, down,
         is_channels_last(features), is_channels_last(kernels),

@@ -46,7 +46,8 @@ except ImportError:  # a bare checkout without `pip install`: use the source tre
 
 MEMORY_METHOD_CPU = (
     "peak bytes of torch tensor storages alive during the call that were created by it (the output "
-    "included), tracked with a TorchDispatchMode and weakref finalizers; scratch memory inside a single "
+    "included; views of the inputs excluded), tracked with a TorchDispatchMode and weakref finalizers; "
+    "scratch memory inside a single "
     "kernel (the compiled op's per-thread row buffers, a few tens of KiB) is not seen"
 )
 MEMORY_METHOD_CUDA = "torch.cuda.max_memory_allocated() minus the allocation before the call (the output included)"
@@ -90,11 +91,13 @@ QUICK_CASES = [
 class _LiveTensorBytes(TorchDispatchMode):
     """Tracks the bytes of tensor storages created while active, and their peak."""
 
-    def __init__(self) -> None:
+    def __init__(self, existing: tuple[torch.Tensor, ...] = ()) -> None:
         super().__init__()
         self.live = 0
         self.peak = 0
         self._owners: dict[int, list[int]] = {}  # storage pointer -> [tensor objects alive, bytes]
+        # Views of tensors that existed before (the inputs) allocate nothing.
+        self._existing = {t.untyped_storage().data_ptr() for t in existing}
 
     def _release(self, key: int) -> None:
         entry = self._owners.get(key)
@@ -108,7 +111,7 @@ class _LiveTensorBytes(TorchDispatchMode):
     def _track(self, tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
         key = storage.data_ptr()
-        if key == 0:
+        if key == 0 or key in self._existing:
             return
         entry = self._owners.get(key)
         if entry is None:
@@ -180,7 +183,7 @@ def time_call(fn: Callable[[], object], device: torch.device, repeats: int, budg
     return statistics.median(samples)
 
 
-def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
+def peak_memory(fn: Callable[[], object], device: torch.device, inputs: tuple[torch.Tensor, ...]) -> int:
     """Peak bytes allocated by ``fn`` beyond what existed before (see MEMORY_METHOD_*)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -191,7 +194,7 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
         peak = torch.cuda.max_memory_allocated(device) - base
         del result
         return int(peak)
-    tracker = _LiveTensorBytes()
+    tracker = _LiveTensorBytes(inputs)
     with tracker:
         result = fn()
     del result
@@ -251,7 +254,7 @@ def run_case(
     for name, method in methods.items():
         with torch.no_grad():
             forward_ms = time_call(lambda: method(features, kernels), device, repeats, budget_s)
-            forward_peak = peak_memory(lambda: method(features, kernels), device)
+            forward_peak = peak_memory(lambda: method(features, kernels), device, (features, kernels))
         backward_ms = time_call(forward_backward(method), device, repeats, budget_s)
         results[name] = {
             "forward_ms": round(forward_ms, 3),

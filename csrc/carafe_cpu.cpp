@@ -23,10 +23,16 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "carafe.h"
+
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
 
 namespace carafe_exp {
 namespace {
@@ -34,12 +40,23 @@ namespace {
 // Output columns per block (the weight buffers of a block stay in L2 across channels).
 constexpr int64_t kColumnBlock = 256;
 
+// Task rows per forward task: consecutive rows share input rows, filled once for the band.
+constexpr int64_t kForwardBand = 4;
+
 // Multiply-adds below which a parallel_for chunk is not worth waking another thread for
 // (ATen's own kernels use a similar grain); tiny calls then run on the calling thread.
 constexpr int64_t kParallelGrainWork = int64_t(1) << 20;
 
 int64_t grain_for(int64_t work_per_task) {
   return std::max<int64_t>(1, kParallelGrainWork / std::max<int64_t>(1, work_per_task));
+}
+
+// Block width for `columns` output columns: blocks of at most kColumnBlock and nearly equal
+// size (no short remainder block), rounded up to 8 columns (a whole float SIMD vector) so that
+// dot_block_rows can finish a block's last partial vector with vector instructions.
+int64_t even_block(int64_t columns) {
+  const int64_t blocks = std::max<int64_t>(1, ceil_div(columns, kColumnBlock));
+  return ceil_div(ceil_div(columns, blocks), 8) * 8;
 }
 
 Strides4 strides_of(const at::Tensor& t) {
@@ -147,8 +164,33 @@ void load_phases(const scalar_t* row, int64_t stride, int64_t width, int64_t s, 
   }
 }
 
+// Output rows are written once and not read again by the kernel: streaming (non-temporal)
+// stores skip reading each destination cache line from memory first, which is a sizeable
+// part of the forward pass's memory traffic. Callers issue stream_fence() before returning.
+inline bool stream_row(const float* values, int64_t count, float* row) {
+#ifdef __AVX__
+  int64_t i = 0;
+  for (; i < count && (reinterpret_cast<uintptr_t>(row + i) & 31) != 0; ++i) row[i] = values[i];
+  for (; i + 8 <= count; i += 8) _mm256_stream_ps(row + i, _mm256_loadu_ps(values + i));
+  for (; i < count; ++i) row[i] = values[i];
+  return true;
+#else
+  (void)values, (void)count, (void)row;
+  return false;
+#endif
+}
+
+inline void stream_fence() {
+#ifdef __AVX__
+  _mm_sfence();
+#endif
+}
+
 template <typename scalar_t, typename acc_t>
 void store_row(const acc_t* values, int64_t count, scalar_t* row, int64_t stride) {
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
+    if (stride == 1 && count >= 64 && stream_row(values, count, row)) return;
+  }
   if (stride == 1) {
     for (int64_t i = 0; i < count; ++i) row[i] = static_cast<scalar_t>(values[i]);
   } else {
@@ -267,14 +309,18 @@ inline void dot_block_chunk(const acc_t* const* w, int64_t offset, int64_t row_s
   }
 }
 
+// `capacity` (>= count): columns every buffer holds; the last partial vector is computed in
+// full when it fits (its extra lanes read stale buffer contents and are never stored).
 template <typename acc_t, int64_t R, int64_t P>
 void dot_block_rows(const acc_t* const* w, int64_t offset, int64_t row_step,
-                    const acc_t* const* const* u, int64_t terms, int64_t count, acc_t* const* out) {
+                    const acc_t* const* const* u, int64_t terms, int64_t count, int64_t capacity,
+                    acc_t* const* out) {
   constexpr int64_t L = Simd<acc_t>::lanes;
   constexpr int64_t NV = (R * P >= 4) ? 3 : 4;  // accumulators fit the 16 vector registers of AVX2
   int64_t x = 0;
   for (; x + NV * L <= count; x += NV * L) dot_block_chunk<acc_t, R, P, NV>(w, offset, row_step, u, terms, x, out);
-  for (; x + L <= count; x += L) dot_block_chunk<acc_t, R, P, 1>(w, offset, row_step, u, terms, x, out);
+  const int64_t vector_count = std::min(capacity, ceil_div(count, L) * L);
+  for (; x + L <= vector_count; x += L) dot_block_chunk<acc_t, R, P, 1>(w, offset, row_step, u, terms, x, out);
   for (; x < count; ++x) {
     for (int64_t r = 0; r < R; ++r) {
       for (int64_t p = 0; p < P; ++p) {
@@ -322,10 +368,11 @@ void scale_accumulate_rows(const acc_t* __restrict__ g, const acc_t* const* b, a
 // ---------------------------------------------------------------------------------------
 // Input rows read by output rows
 
-// Upsampling: output rows s*i .. s*i+s-1 all read input rows i-r .. i+r, so tasks of the
-// upsampling forward and kernel gradient are input rows i producing s output rows, and the
-// k upsampled input rows are filled once per channel for all s output rows.
-// Downsampling: tasks are output rows y reading input rows s*y-r .. s*y+r.
+// Upsampling: output rows s*i .. s*i+s-1 all read input rows i-r .. i+r, so the "task rows"
+// of the upsampling forward and kernel gradient are input rows i producing s output rows, and
+// the k upsampled input rows are filled once per channel for all s output rows (the forward
+// pass goes further and shares them between a band of consecutive task rows).
+// Downsampling: task rows are output rows y reading input rows s*y-r .. s*y+r.
 struct Task {
   int64_t n, grp, row;
 };
@@ -336,13 +383,14 @@ Task decode(int64_t task, int64_t rows, int64_t groups) {
 
 // Layout of the k input-row buffers of one column block and where each tap reads them.
 struct InputRows {
+  int64_t block = 0;            // output columns per block
   int64_t pitch = 0;            // floats per buffered input row (all phases)
   int64_t phase_pitch = 0;      // downsampling: floats per phase
   int64_t origin = 0;           // upsampling: output column of buffer index 0, minus x0
   int64_t m_origin = 0;         // downsampling: input phase index of position 0, minus x0
   std::vector<int64_t> shift;   // per dx index: buffer offset read by block column 0
 
-  InputRows(const Geometry& g, int64_t block) : shift(g.kernel_size) {
+  InputRows(const Geometry& g, int64_t block_columns) : block(block_columns), shift(g.kernel_size) {
     const int64_t r = g.radius, s = g.scale;
     if (!g.down) {
       // Output column x at offset dx reads input floor(x/s) + dx = floor((x + s*dx)/s).
@@ -362,12 +410,16 @@ struct InputRows {
     }
   }
 
+  // Fills what output columns x0 .. x0+count read (a last, shorter block reads less).
   template <typename scalar_t, typename acc_t>
-  void fill(const scalar_t* row, int64_t stride, const Geometry& g, int64_t x0, acc_t* dst) const {
+  void fill(const scalar_t* row, int64_t stride, const Geometry& g, int64_t x0, int64_t count,
+            acc_t* dst) const {
+    const int64_t unused = block - count;
     if (!g.down) {
-      load_upsampled(row, stride, g.in_w, g.scale, x0 + origin, pitch, dst);
+      load_upsampled(row, stride, g.in_w, g.scale, x0 + origin, pitch - unused, dst);
     } else {
-      load_phases(row, stride, g.in_w, g.scale, x0 + m_origin, phase_pitch, phase_pitch, dst);
+      load_phases(row, stride, g.in_w, g.scale, x0 + m_origin, phase_pitch - unused, phase_pitch,
+                  dst);
     }
   }
 };
@@ -384,71 +436,96 @@ void forward_impl(const at::Tensor& features, const at::Tensor& kernels, at::Ten
   scalar_t* o_data = output.mutable_data_ptr<scalar_t>();
   const Strides4 xs = strides_of(features), ks = strides_of(kernels), os = strides_of(output);
   const int64_t taps = g.taps(), k = g.kernel_size, r = g.radius;
-  // Output rows per task: s for upsampling (one input row), 1 for downsampling.
-  const int64_t rows_per_task = g.down ? 1 : g.scale;
+  // A task row is one input row producing s output rows (upsampling) or one output row
+  // (downsampling). A task takes a band of consecutive task rows so that each input row
+  // buffer, which several task rows read, is filled once per channel.
+  const int64_t rows_per_task_row = g.down ? 1 : g.scale;
   const int64_t task_rows = g.down ? g.out_h : g.in_h;
-  const int64_t block = std::min(kColumnBlock, g.out_w);
+  const int64_t band = std::min<int64_t>(kForwardBand, task_rows);
+  const int64_t bands = ceil_div(task_rows, band);
+  const int64_t input_step = g.down ? g.scale : 1;  // input rows between task rows
+  const int64_t band_inputs = (band - 1) * input_step + 2 * r + 1;
+  const int64_t block = even_block(g.out_w);
   const InputRows layout(g, block);
   constexpr int64_t kPair = 2;  // channels sharing the weight loads
   const int64_t row_step = taps * block;  // weights of output row a_row+1 vs a_row
+  const int64_t task_row_step = rows_per_task_row * row_step;
 
-  const int64_t grain = grain_for(g.group_channels * rows_per_task * g.out_w * taps);
-  at::parallel_for(0, g.batch * g.groups * task_rows, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> weights(rows_per_task * taps * block), inputs(kPair * k * layout.pitch),
-        results(rows_per_task * kPair * block);
+  const int64_t grain = grain_for(band * g.group_channels * rows_per_task_row * g.out_w * taps);
+  at::parallel_for(0, g.batch * g.groups * bands, grain, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> weights(band * task_row_step), inputs(kPair * band_inputs * layout.pitch),
+        results(rows_per_task_row * kPair * block);
+    std::vector<char> filled(band_inputs);
     std::vector<const acc_t*> w(taps), u_storage(kPair * taps);
     const acc_t* const* u[kPair] = {u_storage.data(), u_storage.data() + taps};
-    std::vector<acc_t*> out(rows_per_task * kPair);
-    for (int64_t o = 0; o < rows_per_task * kPair; ++o) out[o] = results.data() + o * block;
+    std::vector<acc_t*> out(rows_per_task_row * kPair);
+    for (int64_t o = 0; o < rows_per_task_row * kPair; ++o) out[o] = results.data() + o * block;
     for (int64_t task_id = begin; task_id < end; ++task_id) {
-      const Task task = decode(task_id, task_rows, g.groups);
-      const int64_t first_out_row = task.row * rows_per_task;
-      const int64_t src_y = g.source(first_out_row);
+      const Task task = decode(task_id, bands, g.groups);
+      const int64_t first = task.row * band, last = std::min(task_rows, first + band);
+      const int64_t first_input = g.source(first * rows_per_task_row) - r;
       for (int64_t x0 = 0; x0 < g.out_w; x0 += block) {
         const int64_t count = std::min(block, g.out_w - x0);
-        for (int64_t a_row = 0; a_row < rows_per_task; ++a_row) {
-          for (int64_t t = 0; t < taps; ++t) {
-            load_padded(k_data + ks.offset(task.n, task.grp * taps + t, first_out_row + a_row, 0),
-                        ks.w, g.out_w, x0, count, weights.data() + a_row * row_step + t * block);
+        for (int64_t j = first; j < last; ++j) {
+          for (int64_t a_row = 0; a_row < rows_per_task_row; ++a_row) {
+            const int64_t y = j * rows_per_task_row + a_row;
+            for (int64_t t = 0; t < taps; ++t) {
+              load_padded(k_data + ks.offset(task.n, task.grp * taps + t, y, 0), ks.w, g.out_w, x0,
+                          count, weights.data() + (j - first) * task_row_step + a_row * row_step + t * block);
+            }
           }
         }
         const int64_t c_end = (task.grp + 1) * g.group_channels;
         for (int64_t c = task.grp * g.group_channels; c < c_end; c += kPair) {
           const int64_t pair = std::min(kPair, c_end - c);
-          int64_t terms = 0;
-          for (int64_t dy = -r; dy <= r; ++dy) {
-            const int64_t iy = src_y + dy;
-            if (iy < 0 || iy >= g.in_h) continue;  // zero rows contribute nothing
+          const int64_t last_input = g.source((last - 1) * rows_per_task_row) + r;
+          for (int64_t iy = first_input; iy <= last_input; ++iy) {
+            const int64_t slot = iy - first_input;
+            filled[slot] = iy >= 0 && iy < g.in_h;  // rows outside the map contribute nothing
+            if (!filled[slot]) continue;
             for (int64_t p = 0; p < pair; ++p) {
-              acc_t* row = inputs.data() + (p * k + dy + r) * layout.pitch;
-              layout.fill(x_data + xs.offset(task.n, c + p, iy, 0), xs.w, g, x0, row);
-              for (int64_t d = 0; d < k; ++d) u_storage[p * taps + terms + d] = row + layout.shift[d];
+              layout.fill(x_data + xs.offset(task.n, c + p, iy, 0), xs.w, g, x0, count,
+                          inputs.data() + (p * band_inputs + slot) * layout.pitch);
             }
-            for (int64_t d = 0; d < k; ++d) w[terms + d] = weights.data() + ((dy + r) * k + d) * block;
-            terms += k;
           }
-          if (pair == kPair && rows_per_task == 2) {
-            dot_block_rows<acc_t, 2, kPair>(w.data(), 0, row_step, u, terms, count, out.data());
-          } else if (pair == kPair) {
-            for (int64_t a_row = 0; a_row < rows_per_task; ++a_row) {
-              dot_block_rows<acc_t, 1, kPair>(w.data(), a_row * row_step, 0, u, terms, count,
+          for (int64_t j = first; j < last; ++j) {
+            const int64_t src_y = g.source(j * rows_per_task_row);
+            const acc_t* task_weights = weights.data() + (j - first) * task_row_step;
+            int64_t terms = 0;
+            for (int64_t dy = -r; dy <= r; ++dy) {
+              const int64_t slot = src_y + dy - first_input;
+              if (!filled[slot]) continue;
+              for (int64_t p = 0; p < pair; ++p) {
+                const acc_t* row = inputs.data() + (p * band_inputs + slot) * layout.pitch;
+                for (int64_t d = 0; d < k; ++d) u_storage[p * taps + terms + d] = row + layout.shift[d];
+              }
+              for (int64_t d = 0; d < k; ++d) w[terms + d] = task_weights + ((dy + r) * k + d) * block;
+              terms += k;
+            }
+            if (pair == kPair && rows_per_task_row == 2) {
+              dot_block_rows<acc_t, 2, kPair>(w.data(), 0, row_step, u, terms, count, block, out.data());
+            } else {
+              for (int64_t a_row = 0; a_row < rows_per_task_row; ++a_row) {
+                if (pair == kPair) {
+                  dot_block_rows<acc_t, 1, kPair>(w.data(), a_row * row_step, 0, u, terms, count, block,
+                                                  out.data() + a_row * kPair);
+                } else {
+                  dot_block_rows<acc_t, 1, 1>(w.data(), a_row * row_step, 0, u, terms, count, block,
                                               out.data() + a_row * kPair);
+                }
+              }
             }
-          } else {
-            for (int64_t a_row = 0; a_row < rows_per_task; ++a_row) {
-              dot_block_rows<acc_t, 1, 1>(w.data(), a_row * row_step, 0, u, terms, count,
-                                          out.data() + a_row * kPair);
-            }
-          }
-          for (int64_t a_row = 0; a_row < rows_per_task; ++a_row) {
-            for (int64_t p = 0; p < pair; ++p) {
-              store_row(out[a_row * kPair + p], count,
-                        o_data + os.offset(task.n, c + p, first_out_row + a_row, x0), os.w);
+            for (int64_t a_row = 0; a_row < rows_per_task_row; ++a_row) {
+              for (int64_t p = 0; p < pair; ++p) {
+                store_row(out[a_row * kPair + p], count,
+                          o_data + os.offset(task.n, c + p, j * rows_per_task_row + a_row, x0), os.w);
+              }
             }
           }
         }
       }
     }
+    stream_fence();
   });
 }
 
@@ -466,7 +543,7 @@ void grad_kernels_impl(const at::Tensor& grad_output, const at::Tensor& features
   const int64_t taps = g.taps(), k = g.kernel_size, r = g.radius;
   const int64_t rows_per_task = g.down ? 1 : g.scale;
   const int64_t task_rows = g.down ? g.out_h : g.in_h;
-  const int64_t block = std::min(kColumnBlock, g.out_w);
+  const int64_t block = even_block(g.out_w);
   const InputRows layout(g, block);
 
   const int64_t grain = grain_for(g.group_channels * rows_per_task * g.out_w * taps);
@@ -488,7 +565,7 @@ void grad_kernels_impl(const at::Tensor& grad_output, const at::Tensor& features
             const int64_t iy = src_y + dy;
             if (iy < 0 || iy >= g.in_h) continue;
             acc_t* row = inputs.data() + (dy + r) * layout.pitch;
-            layout.fill(x_data + xs.offset(task.n, c, iy, 0), xs.w, g, x0, row);
+            layout.fill(x_data + xs.offset(task.n, c, iy, 0), xs.w, g, x0, count, row);
             for (int64_t d = 0; d < k; ++d) {
               b[terms] = row + layout.shift[d];
               acc[terms] = grads.data() + ((dy + r) * k + d) * block;
@@ -512,6 +589,7 @@ void grad_kernels_impl(const at::Tensor& grad_output, const at::Tensor& features
         }
       }
     }
+    stream_fence();
   });
 }
 
@@ -588,6 +666,7 @@ void grad_features_up_impl(const at::Tensor& grad_output, const at::Tensor& kern
         }
       }
     }
+    stream_fence();
   });
 }
 
@@ -668,6 +747,7 @@ void grad_features_down_impl(const at::Tensor& grad_output, const at::Tensor& ke
         }
       }
     }
+    stream_fence();
   });
 }
 

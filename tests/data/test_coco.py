@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from pycocotools import mask as mask_utils
 
 from carafe_exp.data.coco import CocoDataModule, CocoDetection, annotation_path, collate_detection, load_coco
 from carafe_exp.data.coco_sample import CATEGORIES, write_coco_sample

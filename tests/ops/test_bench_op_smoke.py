@@ -30,7 +30,7 @@ def test_quick_benchmark_writes_json(tmp_path: Path, compiled_extension) -> None
         assert results["floor"]["forward_ms"] > 0 and results["compute_floor"]["forward_ms"] > 0
         for method in ("reference", "compiled", "nearest"):
             assert results[method]["forward_ms"] > 0 and results[method]["forward_backward_ms"] > 0
-        # The compiled op allocates its output and nothing else the tracker can see.
+        # Both backends allocate their output and, in the forward pass, nothing else the tracker sees.
         assert results["compiled"]["forward_peak_extra_bytes"] == case["output_bytes"]
-        assert results["reference"]["forward_peak_extra_bytes"] > case["output_bytes"]
+        assert results["reference"]["forward_peak_extra_bytes"] >= case["output_bytes"]
         assert case["summary"]["compiled_speedup_forward"] > 0

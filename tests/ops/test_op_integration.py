@@ -23,9 +23,9 @@ class Reassemble(torch.nn.Module):
         return self.op(features, kernels, *self.args, backend=self.backend)
 
 
-@pytest.mark.parametrize("backend", ["compiled", "reference"])
+@pytest.mark.parametrize("backend", ["compiled", "reference", None], ids=["compiled", "reference", "default"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_torch_compile_fullgraph(backend: str, channels_last: bool, compiled_extension) -> None:
+def test_torch_compile_fullgraph(backend: str | None, channels_last: bool, compiled_extension) -> None:
     features, kernels = random_case(2, 4, 5, 7, 3, 2, 2, False, dtype=torch.float32)
     if channels_last:
         features = features.contiguous(memory_format=torch.channels_last)

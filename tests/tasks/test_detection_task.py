@@ -59,6 +59,11 @@ def test_fit_and_test_report_coco_metrics_and_fps(coco_root: Path, kind: str) ->
     trainer.fit(task, datamodule)
     assert "val/bbox/AP" in trainer.callback_metrics
     assert datamodule.with_masks == (kind == "mask_rcnn")
+    # SGD with the papers' lr 0.02 at batch 16, scaled linearly to this run's batch of 2.
+    (optimizer,) = trainer.optimizers
+    assert optimizer.param_groups[0]["initial_lr"] == pytest.approx(0.02 * 2 / 16)
+    assert optimizer.param_groups[0]["momentum"] == 0.9
+    assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(1e-4)
     (results,) = trainer.test(task, datamodule)
     iou_types = ("bbox", "segm") if kind == "mask_rcnn" else ("bbox",)
     assert set(results) == {f"test/{name}" for name in metric_names(iou_types)} | {"test/fps"}
@@ -74,20 +79,10 @@ def test_loss_falls_over_a_few_steps(coco_root: Path) -> None:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
             losses.append(float(outputs["loss"]))
 
-    trainer = _trainer(max_epochs=-1, max_steps=8, overfit_batches=1, limit_val_batches=0, callbacks=[Record()])
+    trainer = _trainer(max_epochs=-1, max_steps=6, overfit_batches=1, limit_val_batches=0, callbacks=[Record()])
     trainer.fit(task, _datamodule(coco_root))
-    assert len(losses) == 8
+    assert len(losses) == 6
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:2]) / 2, losses
-
-
-def test_learning_rate_is_scaled_to_the_real_batch(coco_root: Path) -> None:
-    task = _task()
-    trainer = _trainer(max_epochs=-1, max_steps=1, limit_val_batches=0)
-    trainer.fit(task, _datamodule(coco_root))
-    (optimizer,) = trainer.optimizers
-    assert optimizer.param_groups[0]["initial_lr"] == pytest.approx(0.02 * 2 / 16)
-    assert optimizer.param_groups[0]["momentum"] == 0.9
-    assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(1e-4)
 
 
 def test_checkpoint_round_trip(coco_root: Path, tmp_path: Path) -> None:

@@ -55,13 +55,20 @@ def _requested(backend: str | None) -> str:
     return name
 
 
+def _summary(error: object, limit: int = 300) -> str:
+    # The build error carries the whole compiler log; one line of it is enough in a warning.
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+    return first_line if len(first_line) <= limit else first_line[: limit - 1] + "…"
+
+
 @torch.compiler.assume_constant_result
 def _warn_fallback() -> bool:
     if not _state.get("warned"):
         _state["warned"] = True
         warnings.warn(
             f"carafe: the compiled extension is unavailable, using the slower pure-PyTorch reference "
-            f"({_state.get('error')}). Run `python -m carafe_exp.ops.extension --verbose` to see the build log.",
+            f"({_summary(_state.get('error'))}). Run `python -m carafe_exp.ops.extension --verbose` for the "
+            "build log.",
             RuntimeWarning,
             stacklevel=5,  # the caller of carafe() / carafe_down()
         )

@@ -241,7 +241,11 @@ def main(argv: list[str] | None = None) -> int:
             "upsampler": TARGET_UPSAMPLER,
             "max_train_overhead": TARGET_MAX_TRAIN_OVERHEAD,
             "train_overhead": target["train_overhead_vs_nearest"],
-            "met": target["train_overhead_vs_nearest"] <= TARGET_MAX_TRAIN_OVERHEAD,
+            # The same question answered from the upsamplers' own time, which other processes on a
+            # shared machine disturb far less than whole training steps.
+            "upsampler_share_of_train_step": target["fpn_upsamplers_share_of_nearest_train_step"],
+            "met": max(target["train_overhead_vs_nearest"],
+                       target["fpn_upsamplers_share_of_nearest_train_step"]) <= TARGET_MAX_TRAIN_OVERHEAD,
         },
     }
     out = args.out
@@ -255,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     if report["target"] is not None:
         verdict = "met" if report["target"]["met"] else "NOT met"
         print(f"target: {TARGET_UPSAMPLER} costs {report['target']['train_overhead'] * 100:.1f}% of training "
-              f"throughput (at most {TARGET_MAX_TRAIN_OVERHEAD * 100:.0f}%): {verdict}")
+              f"throughput; its upsamplers take {report['target']['upsampler_share_of_train_step'] * 100:.1f}% of "
+              f"a nearest training step (at most {TARGET_MAX_TRAIN_OVERHEAD * 100:.0f}%): {verdict}")
     print(f"results written to {out}")
     return 0
 

@@ -10,6 +10,7 @@ that takes plain arguments), the task module, the trainer with its loggers and c
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import time
@@ -29,6 +30,25 @@ from carafe_exp.paths import config_dir
 from carafe_exp.run_record import METRICS_FILE, build_record, write_json_atomic
 
 log = logging.getLogger("carafe_exp")
+
+SWEEP_DIRNAME_LIMIT = 120
+
+
+def short_dirname(overrides: str, limit: int = SWEEP_DIRNAME_LIMIT) -> str:
+    """A sweep job's directory name from its overrides: no slashes, at most ``limit`` characters.
+
+    Long override lists are cut and given a hash of the whole, so names stay unique and valid
+    (file systems refuse names over 255 bytes; ``data.root=/a/b`` must not nest directories).
+    """
+    name = overrides.replace("/", "_") or "defaults"
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return f"{name[:limit - len(digest) - 1]}~{digest}"
+
+
+# Registered at import, so every process that runs a job (local, DDP worker, submitit) has it.
+OmegaConf.register_new_resolver("short_dirname", short_dirname, replace=True)
 
 
 def _plain(node: Any) -> Any:

@@ -46,7 +46,18 @@ def test_two_job_multirun_writes_two_records(cli_env: dict[str, str], tmp_path: 
     assert len(records) == 2 and records[0].parent != records[1].parent
     seeds = sorted(json.loads(p.read_text())["config"]["seed"] for p in records)
     assert seeds == [1, 2]
-    assert {p.parent.name for p in records} == {"0_seed=1", "1_seed=2"}
+    names = sorted(p.parent.name for p in records)
+    assert names[0].startswith("0_") and names[1].startswith("1_")
+    assert all(len(name) <= 125 and "/" not in name for name in names)  # long override lists are cut
+
+
+def test_sweep_dirnames_are_short_unique_and_flat() -> None:
+    from carafe_exp.cli import short_dirname
+
+    assert short_dirname("seed=1") == "seed=1"
+    assert short_dirname("data.root=/data/coco,seed=1") == "data.root=_data_coco,seed=1"
+    long_a, long_b = "x" * 300 + ",seed=1", "x" * 300 + ",seed=2"
+    assert len(short_dirname(long_a)) == 120 and short_dirname(long_a) != short_dirname(long_b)
 
 
 def test_unknown_option_lists_available(cli_env: dict[str, str]) -> None:

@@ -79,10 +79,11 @@ def test_loss_falls_over_a_few_steps(coco_root: Path) -> None:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
             losses.append(float(outputs["loss"]))
 
-    trainer = _trainer(max_epochs=-1, max_steps=6, overfit_batches=1, limit_val_batches=0, callbacks=[Record()])
+    trainer = _trainer(max_epochs=-1, max_steps=8, overfit_batches=1, limit_val_batches=0, callbacks=[Record()])
     trainer.fit(task, _datamodule(coco_root))
-    assert len(losses) == 6
-    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:2]) / 2, losses
+    assert len(losses) == 8
+    # Sampled anchors and RoIs make single steps noisy; compare the ends of the run.
+    assert sum(losses[-3:]) / 3 < 0.85 * sum(losses[:3]) / 3, " ".join(f"{v:.3f}" for v in losses)
 
 
 def test_checkpoint_round_trip(coco_root: Path, tmp_path: Path) -> None:

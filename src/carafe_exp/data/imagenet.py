@@ -101,9 +101,12 @@ class ImageNetDataModule(L.LightningDataModule):
         if self.val_set is None:
             self.val_set = self._folder("val", self.eval_transform())
 
-    def _loader(self, dataset: torch.utils.data.Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: datasets.ImageFolder, shuffle: bool) -> DataLoader:
+        # Training drops a ragged last batch (BatchNorm), but never the only one: a dataset smaller
+        # than a batch must still train rather than stop silently with no batches.
+        drop_last = shuffle and len(dataset) >= self.batch_size
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available(), drop_last=shuffle,
+                          pin_memory=torch.cuda.is_available(), drop_last=drop_last,
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:

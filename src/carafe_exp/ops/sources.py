@@ -8,8 +8,9 @@ force-includes the repository's ``csrc/`` there); in a source checkout they are 
 from __future__ import annotations
 
 import hashlib
-from importlib import resources
 from pathlib import Path
+
+from carafe_exp.paths import csrc_dir as shipped_csrc_dir
 
 CPU_SOURCES = ("carafe_bindings.cpp", "carafe_cpu.cpp")
 CUDA_SOURCES = ("carafe_cuda.cu",)
@@ -21,20 +22,12 @@ def _is_source_dir(path: Path) -> bool:
 
 
 def csrc_dir() -> Path:
-    """Directory holding the extension's sources; raises FileNotFoundError if absent."""
-    candidates = []
-    try:
-        packaged = resources.files("carafe_exp").joinpath("csrc")
-        candidates.append(Path(str(packaged)))
-    except (ModuleNotFoundError, TypeError):
-        pass
-    # src/carafe_exp/ops/sources.py -> parents[3] is the repository root.
-    candidates.append(Path(__file__).resolve().parents[3] / "csrc")
-    for candidate in candidates:
-        if _is_source_dir(candidate):
-            return candidate
-    searched = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(f"CARAFE extension sources (csrc/) not found; searched {searched}")
+    """Directory holding the extension's sources; raises FileNotFoundError if absent or incomplete."""
+    root = shipped_csrc_dir()
+    if not _is_source_dir(root):
+        missing = [name for name in CPU_SOURCES + CUDA_SOURCES + HEADERS if not (root / name).is_file()]
+        raise FileNotFoundError(f"CARAFE extension sources in {root} are incomplete: missing {', '.join(missing)}")
+    return root
 
 
 def source_paths(with_cuda: bool) -> list[Path]:

@@ -34,7 +34,7 @@ bench-op: venv
 	$(PY) benchmarks/bench_op.py
 
 bench-models: venv
-	$(PY) benchmarks/bench_models.py
+	$(PY) benchmarks/bench_models.py --threads 1
 
 clean:
 	rm -rf $(VENV) build dist outputs .pytest_cache

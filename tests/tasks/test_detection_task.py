@@ -86,6 +86,17 @@ def test_loss_falls_over_a_few_steps(coco_root: Path) -> None:
     assert sum(losses[-3:]) / 3 < 0.85 * sum(losses[:3]) / 3, " ".join(f"{v:.3f}" for v in losses)
 
 
+def test_gradient_clip_bounds_the_step(coco_root: Path) -> None:
+    torch.manual_seed(0)
+    model = build_faster_rcnn(4, min_size=96, max_size=128, rcnn=RCNN)
+    task = DetectionTask(model, dict(OPTIMIZER, weight_decay=0.0), dict(policy="constant"), grad_clip_norm=1e-3)
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    _trainer(max_epochs=-1, max_steps=1, limit_val_batches=0).fit(task, _datamodule(coco_root))
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    # First SGD step: the update is lr x the clipped gradient, so its norm is at most lr x 1e-3.
+    assert 0 < float((after - before).norm()) <= 0.02 * 2 / 16 * 1e-3 * 1.001
+
+
 def test_checkpoint_round_trip(coco_root: Path, tmp_path: Path) -> None:
     task = _task("mask_rcnn", upsampler="carafe")
     datamodule = _datamodule(coco_root)

@@ -2,7 +2,8 @@
 
 The model is a torchvision ``GeneralizedRCNN`` (it returns its loss dict in training and
 detections in evaluation). The optimiser and schedule come from :class:`ResamplingTask`
-(SGD 0.02 at batch 16, scaled linearly; warm-up and steps from the schedule config).
+(SGD 0.02 at batch 16, scaled linearly; warm-up and steps from the schedule config); an
+optional gradient-norm clip (``grad_clip_norm``) mirrors mmdetection's ``grad_clip``.
 Evaluation runs pycocotools' COCOeval on the data module's real annotation file after
 gathering the predictions of every rank (:mod:`carafe_exp.metrics.coco`); ``test/fps`` is the
 model's inference images per second (forward pass only: resize, network, post-processing).
@@ -33,8 +34,11 @@ class DetectionTask(ResamplingTask):
     """Trains a torchvision R-CNN and reports COCO ``bbox/*`` (and ``segm/*``) AP in percent and ``fps``."""
 
     def __init__(self, model: nn.Module, optimizer: Mapping[str, Any], schedule: Mapping[str, Any],
-                 mask_threshold: float = 0.5) -> None:
+                 mask_threshold: float = 0.5, grad_clip_norm: float | None = None) -> None:
         super().__init__(model, optimizer, schedule)
+        if grad_clip_norm is not None and grad_clip_norm <= 0:
+            raise ConfigError(f"task.module.grad_clip_norm must be positive or null, got {grad_clip_norm}")
+        self.grad_clip_norm = grad_clip_norm
         if not hasattr(model, "roi_heads") or not hasattr(model, "transform"):
             raise ConfigError(f"the detection task needs a torchvision R-CNN model, got {type(model).__name__}")
         self.mask_threshold = float(mask_threshold)
@@ -76,6 +80,14 @@ class DetectionTask(ResamplingTask):
         for name, value in losses.items():
             self.log(f"train/{name}", value, batch_size=batch_size)
         return loss
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        # The task's own clip (mmdetection's optimizer_config.grad_clip) unless the trainer sets one.
+        if gradient_clip_val is None and self.grad_clip_norm is not None:
+            gradient_clip_val, gradient_clip_algorithm = self.grad_clip_norm, "norm"
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
+                            gradient_clip_algorithm=gradient_clip_algorithm)
 
     # -- evaluation ------------------------------------------------------------------------------
     def _predict(self, batch: Batch) -> list[dict[str, torch.Tensor]]:

@@ -21,13 +21,13 @@ import datetime
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from machine import describe_machine  # benchmarks/machine.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 try:
@@ -43,29 +43,8 @@ TARGET_UPSAMPLER = "carafe"
 TARGET_MAX_TRAIN_OVERHEAD = 0.10  # the target on CPU at 512 px
 
 
-def describe_machine(device: torch.device) -> dict:
-    cpu_model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
-    return {
-        "cpu_model": cpu_model,
-        "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "platform": platform.platform(),
-        "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "load_average_at_start": load,
+def machine_info(device: torch.device) -> dict:
+    return describe_machine(device) | {
         "reassembly_backend_setting": os.environ.get("CARAFE_EXP_BACKEND", "auto"),
         "reassembly_backends_available": _backends(),
     }
@@ -182,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown upsampler(s) {unknown}; available: {', '.join(sorted(UPSAMPLERS))}")
     names = [BASELINE] + [n for n in names if n != BASELINE]
 
-    machine = describe_machine(device)
+    machine = machine_info(device)
     variants = [Variant(name, args.size, device) for name in names]
     images, targets = make_batch(args.batch, args.size, device)
     for variant in variants:  # warm-up: allocator, one-time kernel builds, lazy init

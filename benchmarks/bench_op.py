@@ -18,7 +18,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -35,6 +34,7 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from machine import describe_machine  # noqa: E402  (benchmarks/machine.py, beside this script)
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,29 +129,11 @@ class _LiveTensorBytes(TorchDispatchMode):
         return result
 
 
-def describe_machine(device: torch.device) -> dict:
-    cpu_model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {
-        "cpu_model": cpu_model,
-        "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "platform": platform.platform(),
-        "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+def machine_info(device: torch.device) -> dict:
+    return describe_machine(device) | {
         "backends_available": list(ops.available_backends()),
         "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
-    return info
 
 
 def synchronize(device: torch.device) -> None:
@@ -365,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "carafe_exp.ops reassembly operator",
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "machine": describe_machine(device),
+        "machine": machine_info(device),
         "copy_bandwidth_GBps": round(bandwidth / 1e9, 3),
         "matmul_GFLOPs": {name: round(rate / 1e9, 2) for name, rate in flop_rates.items()},
         "methods": {

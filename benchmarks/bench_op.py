@@ -129,6 +129,11 @@ class _LiveTensorBytes(TorchDispatchMode):
         return result
 
 
+def significant(value: float, digits: int = 4) -> float:
+    """``value`` to ``digits`` significant digits: tiny timings must not round to zero."""
+    return float(f"{value:.{digits}g}")
+
+
 def machine_info(device: torch.device) -> dict:
     return describe_machine(device) | {
         "backends_available": list(ops.available_backends()),
@@ -239,23 +244,23 @@ def run_case(
             forward_peak = peak_memory(lambda: method(features, kernels), device, (features, kernels))
         backward_ms = time_call(forward_backward(method), device, repeats, budget_s)
         results[name] = {
-            "forward_ms": round(forward_ms, 3),
-            "forward_backward_ms": round(backward_ms, 3),
+            "forward_ms": significant(forward_ms),
+            "forward_backward_ms": significant(backward_ms),
             "forward_peak_extra_bytes": forward_peak,
             "forward_peak_extra_vs_output": round(forward_peak / output_bytes, 3),
         }
     forward_bytes = feature_bytes + kernel_bytes + output_bytes
     backward_bytes = output_bytes + 2 * (feature_bytes + kernel_bytes)
     results["floor"] = {
-        "forward_ms": round(forward_bytes / bandwidth * 1e3, 3),
-        "forward_backward_ms": round((forward_bytes + backward_bytes) / bandwidth * 1e3, 3),
+        "forward_ms": significant(forward_bytes / bandwidth * 1e3),
+        "forward_backward_ms": significant((forward_bytes + backward_bytes) / bandwidth * 1e3),
         "forward_bytes_moved": forward_bytes,
         "forward_backward_bytes_moved": forward_bytes + backward_bytes,
     }
     forward_flops = 2 * case.batch * case.channels * case.kernel_size**2 * out_h * out_w
     results["compute_floor"] = {
-        "forward_ms": round(forward_flops / flop_rate * 1e3, 3),
-        "forward_backward_ms": round(3 * forward_flops / flop_rate * 1e3, 3),
+        "forward_ms": significant(forward_flops / flop_rate * 1e3),
+        "forward_backward_ms": significant(3 * forward_flops / flop_rate * 1e3),
         "forward_flops": forward_flops,
     }
     summary = {}

@@ -10,13 +10,18 @@ Conventions every task follows, because ``cli.py`` and ``carafe-tables`` rely on
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import torch
 
 import lightning as L
 from torch import nn
 
 from carafe_exp.tasks.optim import build_lr_scheduler, build_optimizer
+
+Result = TypeVar("Result")
 
 
 class ResamplingTask(L.LightningModule):
@@ -28,6 +33,30 @@ class ResamplingTask(L.LightningModule):
         self.optimizer_cfg = dict(optimizer)
         self.schedule_cfg = dict(schedule)
         self.save_hyperparameters({"optimizer": self.optimizer_cfg, "schedule": self.schedule_cfg})
+        self._inference_seconds = 0.0
+        self._inference_images = 0
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def timed_inference(self, forward: Callable[[], Result], num_images: int) -> Result:
+        """Run ``forward()`` and count its wall time (device synchronised) towards ``test/fps``."""
+        self._synchronize()
+        start = time.perf_counter()
+        result = forward()
+        self._synchronize()
+        self._inference_seconds += time.perf_counter() - start
+        self._inference_images += num_images
+        return result
+
+    def on_test_epoch_start(self) -> None:
+        self._inference_seconds, self._inference_images = 0.0, 0
+
+    def log_fps(self) -> None:
+        """Log ``test/fps``: images per second of one process's forward passes, averaged over ranks."""
+        seconds = self._inference_seconds
+        self.log("test/fps", self._inference_images / seconds if seconds > 0 else 0.0, sync_dist=True)
 
     def total_batch_size(self) -> int:
         """Images per optimiser step across every device and accumulation step."""

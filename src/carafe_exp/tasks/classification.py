@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,8 +26,6 @@ class ClassificationTask(ResamplingTask):
             f"{stage}_{name}": MulticlassAccuracy(num_classes, top_k=k, average="micro")
             for stage in ("val", "test") for name, k in (("top1", 1), ("top5", top_k))
         })
-        self._test_seconds = 0.0
-        self._test_images = 0
 
     @staticmethod
     def _num_classes(model: nn.Module) -> int:
@@ -46,10 +43,8 @@ class ClassificationTask(ResamplingTask):
         self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
         return loss
 
-    def _evaluate(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
-        images, labels = batch
-        logits = self(images)
-        self.log(f"{stage}/loss", F.cross_entropy(logits, labels), sync_dist=True, batch_size=images.shape[0])
+    def _evaluate(self, stage: str, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.log(f"{stage}/loss", F.cross_entropy(logits, labels), sync_dist=True, batch_size=labels.shape[0])
         for name in ("top1", "top5"):
             metric = self.metrics[f"{stage}_{name}"]
             metric.update(logits, labels)
@@ -61,26 +56,17 @@ class ClassificationTask(ResamplingTask):
             metric.reset()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate("val", batch)
+        images, labels = batch
+        self._evaluate("val", self(images), labels)
 
     def on_validation_epoch_end(self) -> None:
         self._log_accuracy("val")
 
-    def on_test_epoch_start(self) -> None:
-        self._test_seconds, self._test_images = 0.0, 0
-
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
-        self._evaluate("test", batch)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self._test_seconds += time.perf_counter() - start
-        self._test_images += batch[0].shape[0]
+        images, labels = batch
+        logits = self.timed_inference(lambda: self(images), images.shape[0])
+        self._evaluate("test", logits, labels)
 
     def on_test_epoch_end(self) -> None:
         self._log_accuracy("test")
-        fps = self._test_images / self._test_seconds if self._test_seconds > 0 else 0.0
-        # Images per second of one process; the mean over ranks is the per-device rate.
-        self.log("test/fps", fps, sync_dist=True)
+        self.log_fps()

@@ -14,7 +14,6 @@ The data module must provide ``annotation_file(stage)`` and ``label_to_category_
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -45,8 +44,6 @@ class DetectionTask(ResamplingTask):
         self.has_masks = bool(model.roi_heads.has_mask())
         self.iou_types = ("bbox", "segm") if self.has_masks else ("bbox",)
         self._evaluator: CocoEvaluator | None = None
-        self._test_seconds = 0.0
-        self._test_images = 0
 
     # -- data ------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -113,26 +110,17 @@ class DetectionTask(ResamplingTask):
         self._log_coco("val")
 
     def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
         self._evaluator = self._new_evaluator("test")
-        self._test_seconds, self._test_images = 0.0, 0
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         images, targets = batch
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
-        predictions = self(images)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self._test_seconds += time.perf_counter() - start
-        self._test_images += len(images)
+        predictions = self.timed_inference(lambda: self(images), len(images))
         self._evaluator.update([int(t["image_id"]) for t in targets], predictions)
 
     def on_test_epoch_end(self) -> None:
         self._log_coco("test")
-        fps = self._test_images / self._test_seconds if self._test_seconds > 0 else 0.0
-        # Images per second of one process; the mean over ranks is the per-device rate.
-        self.log("test/fps", fps, sync_dist=True)
+        self.log_fps()
 
 
 __all__ = ["DetectionTask"]

@@ -47,12 +47,20 @@ at::MemoryFormat format_of(bool channels_last) {
   return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
-at::Tensor forward(const at::Tensor& features, const at::Tensor& kernels, int64_t kernel_size,
-                   int64_t scale, int64_t groups, bool down, bool channels_last) {
+// Writes the reassembly into `output` (any strides), which must have the output's shape,
+// dtype and device. forward() allocates it; the op benchmark also calls this directly to time
+// the kernels apart from the first touch of a fresh output's memory.
+void forward_into(const at::Tensor& features, const at::Tensor& kernels, int64_t kernel_size,
+                  int64_t scale, int64_t groups, bool down, at::Tensor output) {
   const Geometry g = make_geometry(features, kernels, kernel_size, scale, groups, down);
-  at::Tensor output = at::empty({g.batch, g.channels, g.out_h, g.out_w},
-                                features.options().memory_format(format_of(channels_last)));
-  if (output.numel() == 0) return output;
+  TORCH_CHECK(output.dim() == 4 && output.size(0) == g.batch && output.size(1) == g.channels &&
+                  output.size(2) == g.out_h && output.size(3) == g.out_w &&
+                  output.scalar_type() == features.scalar_type() &&
+                  output.device() == features.device(),
+              "carafe: output has shape ", output.sizes(), ", dtype ", output.scalar_type(),
+              " and device ", output.device(), ", expected (", g.batch, ", ", g.channels, ", ",
+              g.out_h, ", ", g.out_w, "), ", features.scalar_type(), " on ", features.device());
+  if (output.numel() == 0) return;
   if (features.is_cuda()) {
 #ifdef CARAFE_WITH_CUDA
     carafe_forward_cuda(features, kernels, output, g);
@@ -63,6 +71,14 @@ at::Tensor forward(const at::Tensor& features, const at::Tensor& kernels, int64_
     TORCH_CHECK(features.is_cpu(), "carafe: unsupported device ", features.device());
     carafe_forward_cpu(features, kernels, output, g);
   }
+}
+
+at::Tensor forward(const at::Tensor& features, const at::Tensor& kernels, int64_t kernel_size,
+                   int64_t scale, int64_t groups, bool down, bool channels_last) {
+  const Geometry g = make_geometry(features, kernels, kernel_size, scale, groups, down);
+  at::Tensor output = at::empty({g.batch, g.channels, g.out_h, g.out_w},
+                                features.options().memory_format(format_of(channels_last)));
+  forward_into(features, kernels, kernel_size, scale, groups, down, output);
   return output;
 }
 
@@ -110,6 +126,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("kernels"), py::arg("kernel_size"), py::arg("scale"), py::arg("groups"),
         py::arg("down"), py::arg("channels_last"),
         // The kernels touch no Python objects: let other Python threads run meanwhile.
+        py::call_guard<py::gil_scoped_release>());
+  m.def("forward_into", &carafe_exp::forward_into, "CARAFE forward into a given output",
+        py::arg("features"), py::arg("kernels"), py::arg("kernel_size"), py::arg("scale"),
+        py::arg("groups"), py::arg("down"), py::arg("output"),
         py::call_guard<py::gil_scoped_release>());
   m.def("backward", &carafe_exp::backward, "CARAFE backward (grad_features, grad_kernels)",
         py::arg("grad_output"), py::arg("features"), py::arg("kernels"),

@@ -4,19 +4,23 @@
 // two rows shifted against each other: out[x] = sum_t K_t[x] * X[x + shift_t] and the same
 // for both gradients. The kernels therefore (1) copy the rows they need into small float
 // buffers laid out so that every term is a plain contiguous row with a fixed offset (input
-// rows upsampled or split into s phases, zero padded at the borders, converted to the
+// rows zero padded at the borders, upsampled or split into s column phases, converted to the
 // accumulation type), and (2) evaluate the sums in register-sized column chunks with the
-// term loop inside (dot_rows, dot_block_rows and scale_accumulate_rows below, written with
-// explicit SIMD vectors). The forward pass computes two channels and, for upsampling, the s
-// output rows that read the same input rows together, so each loaded vector feeds several
-// FMAs. Strides are used only when filling and draining the buffers, so channels-last and
-// other non-contiguous tensors are read in place; nothing output-sized is allocated.
+// term loop inside, written with explicit SIMD vectors. Strides are used only when filling and
+// draining the buffers, so channels-last and other non-contiguous tensors are read in place;
+// nothing output-sized is allocated.
 //
-// Parallelism: at::parallel_for over (batch, group, row). Kernel weights are shared by the
-// channels of a group, so their buffers are filled once per task and reused for every
-// channel. Every gradient element is computed by exactly one task as a gather over the
-// outputs that read it: no atomics, deterministic results. Half types accumulate in float
-// (at::opmath_type).
+// The forward pass is arithmetic-bound (about 12 FLOPs per byte it must move) and is built
+// around one register tile (forward_columns): for upsampling, the s*s sub-pixel outputs of an
+// input pixel read the same inputs, so a tile computes 4 of them for several channels at once
+// (6 with AVX-512's 32 vector registers: 24 FMAs for 10 vector loads per tap). Outputs larger
+// than the cache go out with streaming stores.
+//
+// Parallelism: at::parallel_for over (batch, group, band of rows[, channel split]). Kernel
+// weights are shared by the channels of a group, so their buffers are filled once per task and
+// reused for every channel. Every gradient element is computed by exactly one task as a gather
+// over the outputs that read it: no atomics, deterministic results. Half types accumulate in
+// float (at::opmath_type).
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -25,6 +29,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -37,11 +43,16 @@
 namespace carafe_exp {
 namespace {
 
-// Output columns per block (the weight buffers of a block stay in L2 across channels).
+// Columns per block of the gradient kernels (their weight buffers stay in L2 across channels).
 constexpr int64_t kColumnBlock = 256;
 
 // Task rows per forward task: consecutive rows share input rows, filled once for the band.
 constexpr int64_t kForwardBand = 4;
+
+// Bytes of weights a forward task may buffer for one column block: they are re-read for every
+// tile of channels and must stay in L2. Blocks as wide as this allows are faster: every block
+// re-reads the input rows in short pieces that the hardware prefetchers follow poorly.
+constexpr int64_t kForwardWeightBytes = 384 * 1024;
 
 // Multiply-adds below which a parallel_for chunk is not worth waking another thread for
 // (ATen's own kernels use a similar grain); tiny calls then run on the calling thread.
@@ -51,11 +62,11 @@ int64_t grain_for(int64_t work_per_task) {
   return std::max<int64_t>(1, kParallelGrainWork / std::max<int64_t>(1, work_per_task));
 }
 
-// Block width for `columns` output columns: blocks of at most kColumnBlock and nearly equal
-// size (no short remainder block), rounded up to 8 columns (a whole float SIMD vector) so that
-// dot_block_rows can finish a block's last partial vector with vector instructions.
-int64_t even_block(int64_t columns) {
-  const int64_t blocks = std::max<int64_t>(1, ceil_div(columns, kColumnBlock));
+// Block width for `columns` columns: blocks of at most max_block and nearly equal size (no
+// short remainder block), rounded up to 8 columns (a whole float SIMD vector) so that a block's
+// last partial vector can be computed with vector instructions.
+int64_t even_block(int64_t columns, int64_t max_block = kColumnBlock) {
+  const int64_t blocks = std::max<int64_t>(1, ceil_div(columns, max_block));
   return ceil_div(ceil_div(columns, blocks), 8) * 8;
 }
 
@@ -164,13 +175,39 @@ void load_phases(const scalar_t* row, int64_t stride, int64_t width, int64_t s, 
   }
 }
 
-// Output rows are written once and not read again by the kernel: streaming (non-temporal)
-// stores skip reading each destination cache line from memory first, which is a sizeable
-// part of the forward pass's memory traffic. Callers issue stream_fence() before returning.
+// Output rows are written once and not read again by the kernel. For an output larger than
+// the last-level cache, streaming (non-temporal) stores skip reading each destination cache
+// line from memory first, a sizeable part of the memory traffic; a smaller output is better
+// left in the cache for whatever reads it next. Callers issue stream_fence() before returning.
+// Bytes of the last-level cache shared by this CPU's core (Linux sysfs; sysconf's
+// _SC_LEVEL3_CACHE_SIZE reports the whole socket on multi-chiplet CPUs), 32 MiB if unknown.
+int64_t last_level_cache_bytes() {
+  int64_t bytes = 0;
+  for (int index = 0; index < 8; ++index) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index);
+    std::ifstream level_file(dir + "/level"), size_file(dir + "/size");
+    int level = 0;
+    int64_t size = 0;
+    std::string unit;
+    if (!(level_file >> level) || !(size_file >> size)) continue;
+    size_file >> unit;  // "K" or "M" directly after the number
+    const int64_t scale = unit == "M" ? (int64_t(1) << 20) : unit == "K" ? 1024 : 1;
+    if (level >= 3) bytes = std::max(bytes, size * scale);
+  }
+  return bytes > 0 ? bytes : int64_t(32) << 20;
+}
+
+bool streams(const at::Tensor& output) {
+  static const int64_t threshold = last_level_cache_bytes() / 2;
+  return int64_t(output.nbytes()) > threshold;
+}
+
 inline bool stream_row(const float* values, int64_t count, float* row) {
 #ifdef __AVX__
   int64_t i = 0;
   for (; i < count && (reinterpret_cast<uintptr_t>(row + i) & 31) != 0; ++i) row[i] = values[i];
+  // 32-byte stores: 64-byte non-temporal stores are several times slower on some AVX-512 CPUs
+  // (measured on AMD Zen 4).
   for (; i + 8 <= count; i += 8) _mm256_stream_ps(row + i, _mm256_loadu_ps(values + i));
   for (; i < count; ++i) row[i] = values[i];
   return true;
@@ -186,10 +223,11 @@ inline void stream_fence() {
 #endif
 }
 
+// row[i * stride] = values[i] for i in [0, count), converted; `streaming` as streams() says.
 template <typename scalar_t, typename acc_t>
-void store_row(const acc_t* values, int64_t count, scalar_t* row, int64_t stride) {
+void store_row(const acc_t* values, int64_t count, scalar_t* row, int64_t stride, bool streaming) {
   if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
-    if (stride == 1 && count >= 64 && stream_row(values, count, row)) return;
+    if (streaming && stride == 1 && count >= 64 && stream_row(values, count, row)) return;
   }
   if (stride == 1) {
     for (int64_t i = 0; i < count; ++i) row[i] = static_cast<scalar_t>(values[i]);
@@ -274,64 +312,6 @@ void dot_rows(const acc_t* const* a, const acc_t* const* b, int64_t terms, int64
   }
 }
 
-// Register block for the forward pass: R output rows (upsampling: the s rows that read the
-// same input rows) times P channels (which share the weights). Per term it loads R weight
-// vectors and P input vectors for R*P fused multiply-adds, halving the loads per FMA of
-// dot_rows when R = P = 2; the forward pass is bound by those loads.
-//   out[r*P + p][x] = sum_t w[t][x + offset + r*row_step] * u[p][t][x]
-template <typename acc_t, int64_t R, int64_t P, int64_t NV>
-inline void dot_block_chunk(const acc_t* const* w, int64_t offset, int64_t row_step,
-                            const acc_t* const* const* u, int64_t terms, int64_t x,
-                            acc_t* const* out) {
-  using V = typename Simd<acc_t>::type;
-  constexpr int64_t L = Simd<acc_t>::lanes;
-  V acc[R * P][NV] = {};
-  for (int64_t t = 0; t < terms; ++t) {
-    const acc_t* pw = w[t] + x + offset;
-#pragma GCC unroll 4
-    for (int64_t v = 0; v < NV; ++v) {
-      V wv[R], uv[P];
-#pragma GCC unroll 4
-      for (int64_t r = 0; r < R; ++r) wv[r] = load_vec(pw + r * row_step + v * L);
-#pragma GCC unroll 4
-      for (int64_t p = 0; p < P; ++p) uv[p] = load_vec(u[p][t] + x + v * L);
-#pragma GCC unroll 4
-      for (int64_t r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-        for (int64_t p = 0; p < P; ++p) acc[r * P + p][v] += wv[r] * uv[p];
-      }
-    }
-  }
-#pragma GCC unroll 4
-  for (int64_t o = 0; o < R * P; ++o) {
-#pragma GCC unroll 4
-    for (int64_t v = 0; v < NV; ++v) store_vec(out[o] + x + v * L, acc[o][v]);
-  }
-}
-
-// `capacity` (>= count): columns every buffer holds; the last partial vector is computed in
-// full when it fits (its extra lanes read stale buffer contents and are never stored).
-template <typename acc_t, int64_t R, int64_t P>
-void dot_block_rows(const acc_t* const* w, int64_t offset, int64_t row_step,
-                    const acc_t* const* const* u, int64_t terms, int64_t count, int64_t capacity,
-                    acc_t* const* out) {
-  constexpr int64_t L = Simd<acc_t>::lanes;
-  constexpr int64_t NV = (R * P >= 4) ? 3 : 4;  // accumulators fit the 16 vector registers of AVX2
-  int64_t x = 0;
-  for (; x + NV * L <= count; x += NV * L) dot_block_chunk<acc_t, R, P, NV>(w, offset, row_step, u, terms, x, out);
-  const int64_t vector_count = std::min(capacity, ceil_div(count, L) * L);
-  for (; x + L <= vector_count; x += L) dot_block_chunk<acc_t, R, P, 1>(w, offset, row_step, u, terms, x, out);
-  for (; x < count; ++x) {
-    for (int64_t r = 0; r < R; ++r) {
-      for (int64_t p = 0; p < P; ++p) {
-        acc_t sum = 0;
-        for (int64_t t = 0; t < terms; ++t) sum += w[t][x + offset + r * row_step] * u[p][t][x];
-        out[r * P + p][x] = sum;
-      }
-    }
-  }
-}
-
 // acc[t][i] += g[i] * b[t][i] for every term t, i in [0, count): the kernel-gradient update,
 // with a chunk of g held in registers across the terms.
 template <typename acc_t>
@@ -383,16 +363,26 @@ Task decode(int64_t task, int64_t rows, int64_t groups) {
 
 // Layout of the k input-row buffers of one column block and where each tap reads them.
 struct InputRows {
-  int64_t block = 0;            // output columns per block
+  int64_t block = 0;            // columns per block
+  bool upsampled = true;        // upsampling: rows at output resolution (see constructor)
   int64_t pitch = 0;            // floats per buffered input row (all phases)
   int64_t phase_pitch = 0;      // downsampling: floats per phase
-  int64_t origin = 0;           // upsampling: output column of buffer index 0, minus x0
+  int64_t origin = 0;           // upsampling: column of buffer index 0, minus x0
   int64_t m_origin = 0;         // downsampling: input phase index of position 0, minus x0
   std::vector<int64_t> shift;   // per dx index: buffer offset read by block column 0
 
-  InputRows(const Geometry& g, int64_t block_columns) : block(block_columns), shift(g.kernel_size) {
+  // upsampled = true: upsampling buffers hold input rows at output resolution (every column
+  // repeated s times), so a block is output columns; false: they hold the input rows as they
+  // are, and a block is input columns (the forward pass's phase columns).
+  InputRows(const Geometry& g, int64_t block_columns, bool upsampled = true)
+      : block(block_columns), upsampled(upsampled), shift(g.kernel_size) {
     const int64_t r = g.radius, s = g.scale;
-    if (!g.down) {
+    if (!g.down && !upsampled) {
+      // Column m at offset dx reads input column m + dx - r, buffer index m + dx.
+      origin = -r;
+      pitch = block + 2 * r;
+      for (int64_t d = 0; d < g.kernel_size; ++d) shift[d] = d;
+    } else if (!g.down) {
       // Output column x at offset dx reads input floor(x/s) + dx = floor((x + s*dx)/s).
       origin = -s * r;
       pitch = block + 2 * s * r;
@@ -410,13 +400,29 @@ struct InputRows {
     }
   }
 
+  // Input columns [first_column, end_column) read by block columns x0 .. x0+count (possibly
+  // outside the map).
+  int64_t first_column(const Geometry& g, int64_t x0) const {
+    if (!g.down && upsampled) return floor_div(x0 + origin, g.scale);
+    if (!g.down) return x0 + origin;
+    return g.scale * (x0 + m_origin);
+  }
+  int64_t end_column(const Geometry& g, int64_t x0, int64_t count) const {
+    const int64_t span = pitch - (block - count);
+    if (!g.down && upsampled) return floor_div(x0 + origin + span - 1, g.scale) + 1;
+    if (!g.down) return x0 + origin + span;
+    return g.scale * (x0 + m_origin + phase_pitch - (block - count));
+  }
+
   // Fills what output columns x0 .. x0+count read (a last, shorter block reads less).
   template <typename scalar_t, typename acc_t>
   void fill(const scalar_t* row, int64_t stride, const Geometry& g, int64_t x0, int64_t count,
             acc_t* dst) const {
     const int64_t unused = block - count;
-    if (!g.down) {
+    if (!g.down && upsampled) {
       load_upsampled(row, stride, g.in_w, g.scale, x0 + origin, pitch - unused, dst);
+    } else if (!g.down) {
+      load_padded(row, stride, g.in_w, x0 + origin, pitch - unused, dst);
     } else {
       load_phases(row, stride, g.in_w, g.scale, x0 + m_origin, phase_pitch - unused, phase_pitch,
                   dst);
@@ -425,7 +431,201 @@ struct InputRows {
 };
 
 // ---------------------------------------------------------------------------------------
-// Forward and kernel gradient (share the row structure)
+// Forward
+
+// Upsampling, read in "phase columns": output column s*m + px reads input columns m-r .. m+r
+// whatever its phase px, and output row s*i + py reads input rows i-r .. i+r. The s*s
+// sub-pixel planes (py, px) of one input row therefore read exactly the same input values and
+// differ only in their weights. The forward register tile computes Q planes times P channels
+// (which share the weights) from one load of each input and each weight vector: Q*P FMAs for
+// Q+P loads, reading the input rows as they are (zero padded), never upsampled.
+// Downsampling has one plane (Q = 1) and reads the input split into s column phases.
+
+// Keeps a loaded vector in a register. Without it GCC folds the load into every FMA that uses
+// it (a memory operand per FMA), which turns Q+P loads per tap into Q*P.
+template <typename V>
+inline V in_register(V v) {
+#if defined(__x86_64__) && defined(__AVX__)
+  asm("" : "+v"(v));
+#endif
+  return v;
+}
+
+// GCC deletes loops whose body is only __builtin_prefetch; an asm statement it keeps.
+inline void prefetch(const void* address) {
+#if defined(__x86_64__)
+  asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(address)));
+#else
+  __builtin_prefetch(address);
+#endif
+}
+
+// Asks for elements [begin, end) of a row to be brought into the cache.
+template <typename scalar_t>
+inline void prefetch_row(const scalar_t* row, int64_t stride, int64_t begin, int64_t end) {
+  constexpr int64_t kLine = 64;
+  // A strided row (channels-last) shares its cache lines with the neighbouring channels that
+  // the current fill already touches.
+  if (begin >= end || stride != 1) return;
+  const char* first = reinterpret_cast<const char*>(row + begin);
+  const char* last = reinterpret_cast<const char*>(row + end) - 1;
+  for (const char* p = first; p <= last; p += kLine) prefetch(p);
+  prefetch(last);
+}
+
+// Arguments of the forward register tile; strides count acc_t elements.
+template <typename acc_t>
+struct ForwardTile {
+  const acc_t* weights;          // plane 0, tap 0, column 0
+  int64_t plane_stride;          // weights of plane q+1 vs plane q
+  int64_t tap_stride;            // weights of tap t+1 vs tap t
+  const acc_t* inputs;           // channel 0, tap row 0, buffer column 0
+  int64_t channel_stride;        // input rows of channel p+1 vs channel p
+  int64_t row_stride;            // input row of tap row dy+1 vs dy
+  const int64_t* shift;          // per tap column dx: buffer column read by column 0
+  int64_t kernel_size;
+  int64_t dy_begin, dy_end;      // tap rows whose input row lies inside the map
+  acc_t* results;                // plane 0, channel 0, column 0
+  int64_t result_plane_stride, result_channel_stride;
+  // Upsampling by 2 (Q = 4 planes, (py, px) = (0,0), (0,1), (1,0), (1,1)): when set, the tile
+  // interleaves the column phases in registers and writes output rows instead of planes,
+  // rows[p * rows_channel_stride + py * rows_row_stride + 2*x + (0 .. 2L)].
+  acc_t* rows = nullptr;
+  int64_t rows_channel_stride = 0, rows_row_stride = 0;
+};
+
+// Pairs of vectors holding even and odd output columns, back in column order. (GCC before 12
+// has no __builtin_shufflevector, Clang no __builtin_shuffle.)
+template <typename V, int64_t L>
+inline void interleave_pair(V even, V odd, V& low, V& high) {
+  static_assert(L == 4 || L == 8, "SIMD vectors of 4 or 8 lanes");
+#if defined(__clang__)
+  if constexpr (L == 8) {
+    low = __builtin_shufflevector(even, odd, 0, 8, 1, 9, 2, 10, 3, 11);
+    high = __builtin_shufflevector(even, odd, 4, 12, 5, 13, 6, 14, 7, 15);
+  } else {
+    low = __builtin_shufflevector(even, odd, 0, 4, 1, 5);
+    high = __builtin_shufflevector(even, odd, 2, 6, 3, 7);
+  }
+#else
+  if constexpr (L == 8) {
+    typedef int32_t Mask __attribute__((vector_size(32)));
+    low = __builtin_shuffle(even, odd, Mask{0, 8, 1, 9, 2, 10, 3, 11});
+    high = __builtin_shuffle(even, odd, Mask{4, 12, 5, 13, 6, 14, 7, 15});
+  } else {
+    typedef int64_t Mask __attribute__((vector_size(32)));
+    low = __builtin_shuffle(even, odd, Mask{0, 4, 1, 5});
+    high = __builtin_shuffle(even, odd, Mask{2, 6, 3, 7});
+  }
+#endif
+}
+
+// results[q][p][x] = sum_{dy, dx} weights[q][dy*k + dx][x] * inputs[p][dy][x + shift[dx]]
+// for x in [0, count) rounded up to whole vectors (every buffer holds that many columns), or
+// the same interleaved into tile.rows.
+template <typename acc_t, int Q, int P>
+void forward_columns(const ForwardTile<acc_t>& tile, int64_t count) {
+  using V = typename Simd<acc_t>::type;
+  constexpr int64_t L = Simd<acc_t>::lanes;
+  const int64_t k = tile.kernel_size;
+  for (int64_t x = 0; x < count; x += L) {
+    const acc_t* w[Q];
+    const acc_t* u[P];
+#pragma GCC unroll 4
+    for (int q = 0; q < Q; ++q) w[q] = tile.weights + q * tile.plane_stride + x;
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p) u[p] = tile.inputs + p * tile.channel_stride + x;
+    V acc[Q][P] = {};
+    for (int64_t dy = tile.dy_begin; dy < tile.dy_end; ++dy) {
+      const int64_t w_row = dy * k * tile.tap_stride;
+      const int64_t u_row = dy * tile.row_stride;
+      for (int64_t dx = 0; dx < k; ++dx) {
+        const int64_t w_offset = w_row + dx * tile.tap_stride;
+        const int64_t u_offset = u_row + tile.shift[dx];
+        V uv[P];
+#pragma GCC unroll 8
+        for (int p = 0; p < P; ++p) uv[p] = in_register(load_vec(u[p] + u_offset));
+#pragma GCC unroll 4
+        for (int q = 0; q < Q; ++q) {
+          const V wv = in_register(load_vec(w[q] + w_offset));
+#pragma GCC unroll 8
+          for (int p = 0; p < P; ++p) acc[q][p] += wv * uv[p];
+        }
+      }
+    }
+    if constexpr (Q == 4) {
+      if (tile.rows != nullptr) {
+#pragma GCC unroll 8
+        for (int p = 0; p < P; ++p) {
+#pragma GCC unroll 2
+          for (int py = 0; py < 2; ++py) {
+            V low, high;
+            interleave_pair<V, L>(acc[2 * py][p], acc[2 * py + 1][p], low, high);
+            acc_t* dst = tile.rows + p * tile.rows_channel_stride + py * tile.rows_row_stride + 2 * x;
+            store_vec(dst, low);
+            store_vec(dst + L, high);
+          }
+        }
+        continue;
+      }
+    }
+#pragma GCC unroll 4
+    for (int q = 0; q < Q; ++q) {
+#pragma GCC unroll 8
+      for (int p = 0; p < P; ++p) {
+        store_vec(tile.results + q * tile.result_plane_stride + p * tile.result_channel_stride + x,
+                  acc[q][p]);
+      }
+    }
+  }
+}
+
+// Accumulators the register tile may hold: the tile also needs P input vectors and a weight
+// vector, within the 32 vector registers of AVX-512 (16 otherwise).
+#if defined(__AVX512VL__)
+constexpr int kTileAccumulators = 24;
+#else
+constexpr int kTileAccumulators = 24;
+#endif
+constexpr int kTilePlanes = 4;
+constexpr int kTileChannels = 8;
+
+constexpr int tile_channels_for(int planes) {
+  return std::max(1, std::min(kTileChannels, kTileAccumulators / planes));
+}
+
+template <typename acc_t>
+using ForwardColumnsFn = void (*)(const ForwardTile<acc_t>&, int64_t);
+
+template <typename acc_t, int Q, int P = 1>
+ForwardColumnsFn<acc_t> forward_columns_for(int64_t channels) {
+  if constexpr (P > tile_channels_for(Q)) {
+    return nullptr;
+  } else {
+    return channels == P ? &forward_columns<acc_t, Q, P> : forward_columns_for<acc_t, Q, P + 1>(channels);
+  }
+}
+
+template <typename acc_t>
+ForwardColumnsFn<acc_t> forward_columns_for(int64_t planes, int64_t channels) {
+  switch (planes) {
+    case 1: return forward_columns_for<acc_t, 1>(channels);
+    case 2: return forward_columns_for<acc_t, 2>(channels);
+    case 3: return forward_columns_for<acc_t, 3>(channels);
+    case 4: return forward_columns_for<acc_t, 4>(channels);
+    default: return nullptr;
+  }
+}
+
+// row[s*m + px] = phases[px * phase_stride + m] for m in [0, count): the sub-pixel columns of
+// one output row back in order (s = 2 is interleaved in registers by the tile instead).
+template <typename acc_t>
+void interleave_phases(const acc_t* phases, int64_t phase_stride, int64_t s, int64_t count,
+                       acc_t* row) {
+  for (int64_t m = 0; m < count; ++m) {
+    for (int64_t px = 0; px < s; ++px) row[s * m + px] = phases[px * phase_stride + m];
+  }
+}
 
 template <typename scalar_t>
 void forward_impl(const at::Tensor& features, const at::Tensor& kernels, at::Tensor& output,
@@ -435,90 +635,131 @@ void forward_impl(const at::Tensor& features, const at::Tensor& kernels, at::Ten
   const scalar_t* k_data = kernels.const_data_ptr<scalar_t>();
   scalar_t* o_data = output.mutable_data_ptr<scalar_t>();
   const Strides4 xs = strides_of(features), ks = strides_of(kernels), os = strides_of(output);
-  const int64_t taps = g.taps(), k = g.kernel_size, r = g.radius;
-  // A task row is one input row producing s output rows (upsampling) or one output row
-  // (downsampling). A task takes a band of consecutive task rows so that each input row
-  // buffer, which several task rows read, is filled once per channel.
-  const int64_t rows_per_task_row = g.down ? 1 : g.scale;
+  const int64_t taps = g.taps(), k = g.kernel_size, r = g.radius, s = g.scale;
+  // Planes: sub-pixel outputs reading the same inputs (up: s*s; down: 1). A task row is an
+  // input row producing s output rows (up) or one output row (down); its "columns" are input
+  // columns (up) or output columns (down).
+  const int64_t planes = g.down ? 1 : s * s;
+  const int64_t out_scale = g.down ? 1 : s;  // output rows and columns per task row/column
+  const int64_t plane_group = std::min<int64_t>(kTilePlanes, planes);
+  const int64_t tile_channels = tile_channels_for(static_cast<int>(plane_group));
   const int64_t task_rows = g.down ? g.out_h : g.in_h;
+  const int64_t columns = g.down ? g.out_w : g.in_w;
+  const int64_t input_step = g.down ? s : 1;  // input rows between task rows
+  // A task takes a band of consecutive task rows: each input row buffer, which k task rows
+  // read, is filled once per channel for the band.
   const int64_t band = std::min<int64_t>(kForwardBand, task_rows);
   const int64_t bands = ceil_div(task_rows, band);
-  const int64_t input_step = g.down ? g.scale : 1;  // input rows between task rows
   const int64_t band_inputs = (band - 1) * input_step + 2 * r + 1;
-  const int64_t block = even_block(g.out_w);
-  const InputRows layout(g, block);
-  constexpr int64_t kPair = 2;  // channels sharing the weight loads
-  const int64_t row_step = taps * block;  // weights of output row a_row+1 vs a_row
-  const int64_t task_row_step = rows_per_task_row * row_step;
+  const int64_t block =
+      even_block(columns, kForwardWeightBytes / (band * planes * taps * int64_t(sizeof(acc_t))));
+  const InputRows layout(g, block, /*upsampled=*/false);
+  const int64_t plane_stride = taps * block;
+  const int64_t row_weights = planes * plane_stride;
+  const int64_t channel_stride = band_inputs * layout.pitch;
+  // Channels of a group may be split over tasks so that small maps still occupy every thread;
+  // each split fills the (cheap) weight buffers itself.
+  const int64_t base_tasks = g.batch * g.groups * bands;
+  const int64_t max_splits = std::max<int64_t>(1, g.group_channels / (8 * tile_channels));
+  const int64_t wanted_splits = ceil_div(4 * at::get_num_threads(), base_tasks);
+  const int64_t split_channels =
+      ceil_div(ceil_div(g.group_channels, std::clamp<int64_t>(wanted_splits, 1, max_splits)),
+               tile_channels) * tile_channels;
+  const int64_t splits = ceil_div(g.group_channels, split_channels);
 
-  const int64_t grain = grain_for(band * g.group_channels * rows_per_task_row * g.out_w * taps);
-  at::parallel_for(0, g.batch * g.groups * bands, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> weights(band * task_row_step), inputs(kPair * band_inputs * layout.pitch),
-        results(rows_per_task_row * kPair * block);
-    std::vector<char> filled(band_inputs);
-    std::vector<const acc_t*> w(taps), u_storage(kPair * taps);
-    const acc_t* const* u[kPair] = {u_storage.data(), u_storage.data() + taps};
-    std::vector<acc_t*> out(rows_per_task_row * kPair);
-    for (int64_t o = 0; o < rows_per_task_row * kPair; ++o) out[o] = results.data() + o * block;
+  // Upsampling by 2: the register tile writes whole output rows (see ForwardTile::rows).
+  const bool tile_writes_rows = !g.down && s == 2;
+  const bool streaming = streams(output);
+
+  const int64_t tasks = base_tasks * splits;
+  const int64_t grain = grain_for(band * planes * split_channels * block * taps);
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> weights(band * row_weights), inputs(tile_channels * channel_stride),
+        results(planes * tile_channels * block), rows(tile_channels * out_scale * out_scale * block);
     for (int64_t task_id = begin; task_id < end; ++task_id) {
-      const Task task = decode(task_id, bands, g.groups);
-      const int64_t first = task.row * band, last = std::min(task_rows, first + band);
-      const int64_t first_input = g.source(first * rows_per_task_row) - r;
-      for (int64_t x0 = 0; x0 < g.out_w; x0 += block) {
-        const int64_t count = std::min(block, g.out_w - x0);
+      const int64_t split = task_id % splits, band_index = (task_id / splits) % bands;
+      const int64_t grp = (task_id / (splits * bands)) % g.groups;
+      const int64_t n = task_id / (splits * bands * g.groups);
+      const int64_t first = band_index * band, last = std::min(task_rows, first + band);
+      const int64_t first_input = first * input_step - r;
+      const int64_t last_input = (last - 1) * input_step + r;
+      const int64_t c_begin = grp * g.group_channels + split * split_channels;
+      const int64_t c_end = std::min((grp + 1) * g.group_channels, c_begin + split_channels);
+      for (int64_t x0 = 0; x0 < columns; x0 += block) {
+        const int64_t count = std::min(block, columns - x0);
         for (int64_t j = first; j < last; ++j) {
-          for (int64_t a_row = 0; a_row < rows_per_task_row; ++a_row) {
-            const int64_t y = j * rows_per_task_row + a_row;
+          for (int64_t py = 0; py < out_scale; ++py) {
             for (int64_t t = 0; t < taps; ++t) {
-              load_padded(k_data + ks.offset(task.n, task.grp * taps + t, y, 0), ks.w, g.out_w, x0,
-                          count, weights.data() + (j - first) * task_row_step + a_row * row_step + t * block);
+              // Up: output row s*j + py split into its s column phases, planes (py, 0 .. s-1).
+              acc_t* dst = weights.data() + (j - first) * row_weights +
+                           py * out_scale * plane_stride + t * block;
+              const scalar_t* k_row = k_data + ks.offset(n, grp * taps + t, out_scale * j + py, 0);
+              load_phases(k_row, ks.w, g.out_w, out_scale, x0, count, plane_stride, dst);
             }
           }
         }
-        const int64_t c_end = (task.grp + 1) * g.group_channels;
-        for (int64_t c = task.grp * g.group_channels; c < c_end; c += kPair) {
-          const int64_t pair = std::min(kPair, c_end - c);
-          const int64_t last_input = g.source((last - 1) * rows_per_task_row) + r;
-          for (int64_t iy = first_input; iy <= last_input; ++iy) {
-            const int64_t slot = iy - first_input;
-            filled[slot] = iy >= 0 && iy < g.in_h;  // rows outside the map contribute nothing
-            if (!filled[slot]) continue;
-            for (int64_t p = 0; p < pair; ++p) {
-              layout.fill(x_data + xs.offset(task.n, c + p, iy, 0), xs.w, g, x0, count,
-                          inputs.data() + (p * band_inputs + slot) * layout.pitch);
+        const int64_t iy_begin = std::max<int64_t>(0, first_input);
+        const int64_t iy_end = std::min(g.in_h, last_input + 1);
+        const int64_t fill_begin = std::max<int64_t>(0, layout.first_column(g, x0));
+        const int64_t fill_end = std::min(g.in_w, layout.end_column(g, x0, count));
+        for (int64_t c = c_begin; c < c_end; c += tile_channels) {
+          const int64_t tile_count = std::min(tile_channels, c_end - c);
+          for (int64_t p = 0; p < tile_count; ++p) {
+            for (int64_t iy = iy_begin; iy < iy_end; ++iy) {
+              layout.fill(x_data + xs.offset(n, c + p, iy, 0), xs.w, g, x0, count,
+                          inputs.data() + p * channel_stride + (iy - first_input) * layout.pitch);
+            }
+          }
+          // The next tile's input rows come from memory while this tile computes: filling them
+          // on demand would stall on every cache line.
+          for (int64_t p = 0; p < std::min(tile_channels, c_end - c - tile_count); ++p) {
+            for (int64_t iy = iy_begin; iy < iy_end; ++iy) {
+              prefetch_row(x_data + xs.offset(n, c + tile_count + p, iy, 0), xs.w, fill_begin,
+                           fill_end);
             }
           }
           for (int64_t j = first; j < last; ++j) {
-            const int64_t src_y = g.source(j * rows_per_task_row);
-            const acc_t* task_weights = weights.data() + (j - first) * task_row_step;
-            int64_t terms = 0;
-            for (int64_t dy = -r; dy <= r; ++dy) {
-              const int64_t slot = src_y + dy - first_input;
-              if (!filled[slot]) continue;
-              for (int64_t p = 0; p < pair; ++p) {
-                const acc_t* row = inputs.data() + (p * band_inputs + slot) * layout.pitch;
-                for (int64_t d = 0; d < k; ++d) u_storage[p * taps + terms + d] = row + layout.shift[d];
-              }
-              for (int64_t d = 0; d < k; ++d) w[terms + d] = task_weights + ((dy + r) * k + d) * block;
-              terms += k;
+            const int64_t source = j * input_step;  // input row of tap row r
+            ForwardTile<acc_t> tile{};
+            tile.plane_stride = plane_stride;
+            tile.tap_stride = block;
+            tile.inputs = inputs.data() + (source - r - first_input) * layout.pitch;
+            tile.channel_stride = channel_stride;
+            tile.row_stride = layout.pitch;
+            tile.shift = layout.shift.data();
+            tile.kernel_size = k;
+            tile.dy_begin = std::max<int64_t>(0, r - source);
+            tile.dy_end = std::min<int64_t>(k, g.in_h - source + r);
+            tile.result_plane_stride = tile_channels * block;
+            tile.result_channel_stride = block;
+            if (tile_writes_rows) {
+              tile.rows = rows.data();
+              tile.rows_channel_stride = 2 * 2 * block;
+              tile.rows_row_stride = 2 * block;
             }
-            if (pair == kPair && rows_per_task_row == 2) {
-              dot_block_rows<acc_t, 2, kPair>(w.data(), 0, row_step, u, terms, count, block, out.data());
-            } else {
-              for (int64_t a_row = 0; a_row < rows_per_task_row; ++a_row) {
-                if (pair == kPair) {
-                  dot_block_rows<acc_t, 1, kPair>(w.data(), a_row * row_step, 0, u, terms, count, block,
-                                                  out.data() + a_row * kPair);
-                } else {
-                  dot_block_rows<acc_t, 1, 1>(w.data(), a_row * row_step, 0, u, terms, count, block,
-                                              out.data() + a_row * kPair);
+            for (int64_t q0 = 0; q0 < planes; q0 += plane_group) {
+              const int64_t group_planes = std::min(plane_group, planes - q0);
+              tile.weights = weights.data() + (j - first) * row_weights + q0 * plane_stride;
+              tile.results = results.data() + q0 * tile.result_plane_stride;
+              forward_columns_for<acc_t>(group_planes, tile_count)(tile, count);
+            }
+            for (int64_t p = 0; p < tile_count; ++p) {
+              for (int64_t py = 0; py < out_scale; ++py) {
+                const acc_t* values = rows.data() + (p * out_scale + py) * out_scale * block;
+                if (!tile_writes_rows) {
+                  const acc_t* planes_of_row =
+                      results.data() + py * out_scale * tile.result_plane_stride + p * block;
+                  if (out_scale == 1) {
+                    values = planes_of_row;
+                  } else {
+                    interleave_phases(planes_of_row, tile.result_plane_stride, s, count,
+                                      rows.data());
+                    values = rows.data();
+                  }
                 }
-              }
-            }
-            for (int64_t a_row = 0; a_row < rows_per_task_row; ++a_row) {
-              for (int64_t p = 0; p < pair; ++p) {
-                store_row(out[a_row * kPair + p], count,
-                          o_data + os.offset(task.n, c + p, j * rows_per_task_row + a_row, x0), os.w);
+                store_row(values, out_scale * count,
+                          o_data + os.offset(n, c + p, out_scale * j + py, out_scale * x0), os.w,
+                          streaming);
               }
             }
           }
@@ -528,6 +769,9 @@ void forward_impl(const at::Tensor& features, const at::Tensor& kernels, at::Ten
     stream_fence();
   });
 }
+
+// ---------------------------------------------------------------------------------------
+// Kernel gradient
 
 // dK[n, g*k*k + t, y, x] = sum_{c in group g} dOut[n, c, y, x] * X[n, c, src + d_t]: the forward
 // loop with the weights and the accumulator exchanged.
@@ -540,6 +784,7 @@ void grad_kernels_impl(const at::Tensor& grad_output, const at::Tensor& features
   scalar_t* gk_data = grad_kernels.mutable_data_ptr<scalar_t>();
   const Strides4 xs = strides_of(features), gos = strides_of(grad_output),
                  gks = strides_of(grad_kernels);
+  const bool streaming = streams(grad_kernels);
   const int64_t taps = g.taps(), k = g.kernel_size, r = g.radius;
   const int64_t rows_per_task = g.down ? 1 : g.scale;
   const int64_t task_rows = g.down ? g.out_h : g.in_h;
@@ -584,7 +829,7 @@ void grad_kernels_impl(const at::Tensor& grad_output, const at::Tensor& features
           for (int64_t t = 0; t < taps; ++t) {
             store_row(grads.data() + (a_row * taps + t) * block, count,
                       gk_data + gks.offset(task.n, task.grp * taps + t, first_out_row + a_row, x0),
-                      gks.w);
+                      gks.w, streaming);
           }
         }
       }
@@ -609,6 +854,7 @@ void grad_features_up_impl(const at::Tensor& grad_output, const at::Tensor& kern
   scalar_t* gx_data = grad_features.mutable_data_ptr<scalar_t>();
   const Strides4 ks = strides_of(kernels), gos = strides_of(grad_output),
                  gxs = strides_of(grad_features);
+  const bool streaming = streams(grad_features);
   const int64_t taps = g.taps(), k = g.kernel_size, r = g.radius, s = g.scale;
   const int64_t block = std::min(g.in_w, std::max<int64_t>(1, kColumnBlock / s));  // input columns
   const int64_t span = s * (block + 2 * r);  // output columns read by one block
@@ -662,7 +908,7 @@ void grad_features_up_impl(const at::Tensor& grad_output, const at::Tensor& kern
             for (int64_t p = 0; p < s; ++p) sum += pooled_src[s * jj + p];
             result[jj] = sum;
           }
-          store_row(result.data(), count, gx_data + gxs.offset(task.n, c, i, j0), gxs.w);
+          store_row(result.data(), count, gx_data + gxs.offset(task.n, c, i, j0), gxs.w, streaming);
         }
       }
     }
@@ -684,6 +930,7 @@ void grad_features_down_impl(const at::Tensor& grad_output, const at::Tensor& ke
   scalar_t* gx_data = grad_features.mutable_data_ptr<scalar_t>();
   const Strides4 ks = strides_of(kernels), gos = strides_of(grad_output),
                  gxs = strides_of(grad_features);
+  const bool streaming = streams(grad_features);
   const int64_t taps = g.taps(), k = g.kernel_size, r = g.radius, s = g.scale;
   const int64_t q_min = floor_div(-r, s), q_max = floor_div(r, s);
   // Input columns per block: a multiple of s so that block starts are phase 0.
@@ -743,7 +990,7 @@ void grad_features_down_impl(const at::Tensor& grad_output, const at::Tensor& ke
             const acc_t* phase = phases.data() + p * positions;
             for (int64_t m = 0; s * m + p < count; ++m) result[s * m + p] = phase[m];
           }
-          store_row(result.data(), count, gx_data + gxs.offset(task.n, c, i, j0), gxs.w);
+          store_row(result.data(), count, gx_data + gxs.offset(task.n, c, i, j0), gxs.w, streaming);
         }
       }
     }

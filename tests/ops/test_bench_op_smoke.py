@@ -26,8 +26,9 @@ def test_quick_benchmark_writes_json(tmp_path: Path, compiled_extension) -> None
     assert {case["case"] for case in report["cases"]} == {"quick_up_12x14", "quick_down_24x28"}
     for case in report["cases"]:
         results = case["results"]
-        assert set(results) == {"reference", "compiled", "nearest", "floor", "compute_floor"}
+        assert set(results) == {"reference", "compiled", "compiled_into", "nearest", "floor", "compute_floor"}
         assert results["floor"]["forward_ms"] > 0 and results["compute_floor"]["forward_ms"] > 0
+        assert results["compiled_into"]["forward_ms"] > 0
         for method in ("reference", "compiled", "nearest"):
             assert results[method]["forward_ms"] > 0 and results[method]["forward_backward_ms"] > 0
         # Both backends allocate their output and, in the forward pass, nothing else the tracker sees.

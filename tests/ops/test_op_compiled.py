@@ -123,3 +123,32 @@ def test_empty_batch(compiled_extension) -> None:
     for backend in ("compiled", "reference"):
         out, grad_features, grad_kernels, _ = _forward_backward(carafe, features, kernels, 3, 2, 1, backend)
         assert out.shape == (0, 4, 6, 6) and grad_features.shape == features.shape
+
+
+@pytest.mark.parametrize(("s", "down"), [(2, False), (3, False), (2, True)], ids=["up2", "up3", "down2"])
+def test_channel_tiles_and_splits(s: int, down: bool, compiled_extension) -> None:
+    # 203 channels in one group: several register tiles of channels plus a partial one, and,
+    # on a map this small, the group's channels are split over tasks.
+    op = carafe_down if down else carafe
+    features, kernels = random_case(1, 203, 3, 5, 5, s, 1, down)
+    _assert_backends_agree(op, features, kernels, 5, s, 1)
+
+
+@pytest.mark.slow
+def test_output_larger_than_the_cache_streams_correctly(compiled_extension) -> None:
+    # A 96 MiB output (and a 24 MiB feature gradient) is written with streaming stores; smaller
+    # ones with plain stores, which every other test covers.
+    generator = torch.Generator().manual_seed(0)
+    features, kernels = random_case(1, 256, 96, 256, 5, 2, 1, False, dtype=torch.float32, generator=generator)
+    # float32 sums of 25 (output) and 256 (kernel gradient) products: rounding up to ~1e-5.
+    _assert_backends_agree(carafe, features, kernels, 5, 2, 1, rtol=1e-4, atol=1e-4)
+
+
+def test_forward_into_a_given_output(compiled_extension) -> None:
+    # The benchmark times the kernels apart from the allocation through forward_into.
+    features, kernels = random_case(2, 6, 5, 7, 3, 2, 1, False, dtype=torch.float32)
+    target = torch.full((2, 6, 10, 14), float("nan"))
+    compiled_extension.forward_into(features, kernels, 3, 2, 1, False, target)
+    torch.testing.assert_close(target, carafe(features, kernels, 3, 2, backend="reference"))
+    with pytest.raises(RuntimeError, match=r"output has shape \[2, 6, 10, 13\].*expected \(2, 6, 10, 14\)"):
+        compiled_extension.forward_into(features, kernels, 3, 2, 1, False, torch.empty(2, 6, 10, 13))

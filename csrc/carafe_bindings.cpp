@@ -47,19 +47,9 @@ at::MemoryFormat format_of(bool channels_last) {
   return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
-// Writes the reassembly into `output` (any strides), which must have the output's shape,
-// dtype and device. forward() allocates it; the op benchmark also calls this directly to time
-// the kernels apart from the first touch of a fresh output's memory.
-void forward_into(const at::Tensor& features, const at::Tensor& kernels, int64_t kernel_size,
-                  int64_t scale, int64_t groups, bool down, at::Tensor output) {
-  const Geometry g = make_geometry(features, kernels, kernel_size, scale, groups, down);
-  TORCH_CHECK(output.dim() == 4 && output.size(0) == g.batch && output.size(1) == g.channels &&
-                  output.size(2) == g.out_h && output.size(3) == g.out_w &&
-                  output.scalar_type() == features.scalar_type() &&
-                  output.device() == features.device(),
-              "carafe: output has shape ", output.sizes(), ", dtype ", output.scalar_type(),
-              " and device ", output.device(), ", expected (", g.batch, ", ", g.channels, ", ",
-              g.out_h, ", ", g.out_w, "), ", features.scalar_type(), " on ", features.device());
+// Dispatches the forward kernels into `output` (already allocated, any strides).
+void run_forward(const at::Tensor& features, const at::Tensor& kernels, at::Tensor& output,
+                 const Geometry& g) {
   if (output.numel() == 0) return;
   if (features.is_cuda()) {
 #ifdef CARAFE_WITH_CUDA
@@ -78,8 +68,24 @@ at::Tensor forward(const at::Tensor& features, const at::Tensor& kernels, int64_
   const Geometry g = make_geometry(features, kernels, kernel_size, scale, groups, down);
   at::Tensor output = at::empty({g.batch, g.channels, g.out_h, g.out_w},
                                 features.options().memory_format(format_of(channels_last)));
-  forward_into(features, kernels, kernel_size, scale, groups, down, output);
+  run_forward(features, kernels, output, g);
   return output;
+}
+
+// Writes the reassembly into `output` (any strides), which must have the output's shape, dtype
+// and device: the op benchmark times the kernels with it, apart from the first touch of a fresh
+// output's memory.
+void forward_into(const at::Tensor& features, const at::Tensor& kernels, int64_t kernel_size,
+                  int64_t scale, int64_t groups, bool down, at::Tensor output) {
+  const Geometry g = make_geometry(features, kernels, kernel_size, scale, groups, down);
+  TORCH_CHECK(output.dim() == 4 && output.size(0) == g.batch && output.size(1) == g.channels &&
+                  output.size(2) == g.out_h && output.size(3) == g.out_w &&
+                  output.scalar_type() == features.scalar_type() &&
+                  output.device() == features.device(),
+              "carafe: output has shape ", output.sizes(), ", dtype ", output.scalar_type(),
+              " and device ", output.device(), ", expected (", g.batch, ", ", g.channels, ", ",
+              g.out_h, ", ", g.out_w, "), ", features.scalar_type(), " on ", features.device());
+  run_forward(features, kernels, output, g);
 }
 
 std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output,

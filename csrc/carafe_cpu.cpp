@@ -175,10 +175,6 @@ void load_phases(const scalar_t* row, int64_t stride, int64_t width, int64_t s, 
   }
 }
 
-// Output rows are written once and not read again by the kernel. For an output larger than
-// the last-level cache, streaming (non-temporal) stores skip reading each destination cache
-// line from memory first, a sizeable part of the memory traffic; a smaller output is better
-// left in the cache for whatever reads it next. Callers issue stream_fence() before returning.
 // Bytes of the last-level cache shared by this CPU's core (Linux sysfs; sysconf's
 // _SC_LEVEL3_CACHE_SIZE reports the whole socket on multi-chiplet CPUs), 32 MiB if unknown.
 int64_t last_level_cache_bytes() {
@@ -197,6 +193,10 @@ int64_t last_level_cache_bytes() {
   return bytes > 0 ? bytes : int64_t(32) << 20;
 }
 
+// Output rows are written once and not read again by the kernel. For an output larger than
+// the last-level cache, streaming (non-temporal) stores skip reading each destination cache
+// line from memory first, a sizeable part of the memory traffic; a smaller output is better
+// left in the cache for whatever reads it next. Callers issue stream_fence() before returning.
 bool streams(const at::Tensor& output) {
   static const int64_t threshold = last_level_cache_bytes() / 2;
   return int64_t(output.nbytes()) > threshold;
@@ -585,7 +585,7 @@ void forward_columns(const ForwardTile<acc_t>& tile, int64_t count) {
 #if defined(__AVX512VL__)
 constexpr int kTileAccumulators = 24;
 #else
-constexpr int kTileAccumulators = 24;
+constexpr int kTileAccumulators = 8;
 #endif
 constexpr int kTilePlanes = 4;
 constexpr int kTileChannels = 8;

@@ -140,8 +140,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(int(cfg.seed), workers=True)
 
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, num_classes=datamodule.num_classes, upsampler=_plain(cfg.upsampler),
-                        downsampler=_plain(cfg.downsampler), _convert_="all")
+    # Tasks without classes (inpainting) have data modules without ``num_classes``.
+    model_kwargs: dict[str, Any] = {}
+    if getattr(datamodule, "num_classes", None) is not None:
+        model_kwargs["num_classes"] = datamodule.num_classes
+    model = instantiate(cfg.model, upsampler=_plain(cfg.upsampler), downsampler=_plain(cfg.downsampler),
+                        _convert_="all", **model_kwargs)
     module = instantiate(cfg.task.module, model=model, schedule=_plain(cfg.schedule), _convert_="all")
 
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()

@@ -11,6 +11,7 @@ import torchvision
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 
+from carafe_exp.models.backbone_sites import backbone_site_modules
 from carafe_exp.models.dcn import ModulatedDeformConv2d, apply_dcn
 from carafe_exp.models.fpn import ResampledFPN
 from carafe_exp.models.mask_head import ResampledMaskPredictor, mask_head_upsampler_spec
@@ -57,7 +58,7 @@ def _train_step(model: nn.Module, with_masks: bool) -> dict[str, torch.Tensor]:
 def test_fpn_site_trains_with_every_upsampler(name: str) -> None:
     torch.manual_seed(0)
     model = build_faster_rcnn(3, upsampler=name, sites={"fpn": True}, **TINY)
-    assert len(model.backbone.fpn.upsamplers) == 3
+    assert len(model.backbone.fpn.upsamplers) == 4  # FPN_CARAFE: P6 -> P5 is upsampled too
     assert all(type(u) is UPSAMPLERS[name] for u in model.backbone.fpn.upsamplers)
     losses = _train_step(model, with_masks=False)
     assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
@@ -72,7 +73,9 @@ def test_fpn_site_trains_with_every_upsampler(name: str) -> None:
 def test_mask_head_site_trains_with_every_upsampler(name: str) -> None:
     torch.manual_seed(0)
     model = build_mask_rcnn(3, upsampler=name, sites={"fpn": False, "mask_head": True}, **TINY)
-    assert not isinstance(model.roi_heads.mask_predictor.conv5_mask, nn.ConvTranspose2d)
+    upsample = model.roi_heads.mask_predictor.conv5_mask
+    # deconv at the mask head is Mask R-CNN's own 2x2 layer; every other upsampler replaces it.
+    assert isinstance(upsample, nn.ConvTranspose2d) == (name == "deconv")
     losses = _train_step(model, with_masks=True)
     assert "loss_mask" in losses
 
@@ -85,19 +88,19 @@ def test_backbone_site_trains_with_every_downsampler(name: str) -> None:
     if name == ORIGINAL_DOWNSAMPLER:
         assert isinstance(body.maxpool, nn.MaxPool2d)
     else:
-        assert hasattr(body.layer2[0], "resample")
+        assert len(backbone_site_modules(body)) == 7
     _train_step(model, with_masks=False)
     # The strides still add up: C5 is at 1/32 of the 64-px input.
     features = model.backbone.body(torch.rand(1, 3, 64, 64))
     assert features["3"].shape[-2:] == (2, 2)
 
 
-@pytest.mark.parametrize("name", ["nearest", "carafe"])
-def test_fpn_p6_option_trains_and_pads_to_64(name: str) -> None:
+@pytest.mark.parametrize(("style", "upsamplers", "divisor"), [("fpn_carafe", 4, 64), ("torchvision", 3, 32)])
+def test_both_fpn_styles_train_and_pad_to_their_multiple(style: str, upsamplers: int, divisor: int) -> None:
     torch.manual_seed(0)
-    model = build_mask_rcnn(3, upsampler=name, sites={"fpn": True, "mask_head": True}, fpn_p6=True, **TINY)
-    assert model.transform.size_divisible == 64
-    assert len(model.backbone.fpn.upsamplers) == 4
+    model = build_mask_rcnn(3, upsampler="carafe", sites={"fpn": True, "mask_head": True}, fpn_style=style, **TINY)
+    assert model.transform.size_divisible == divisor
+    assert len(model.backbone.fpn.upsamplers) == upsamplers
     _train_step(model, with_masks=True)
 
 
@@ -144,23 +147,29 @@ def test_mask_predictor_gives_28x28_for_every_upsampler(name: str) -> None:
 
 
 def test_mask_head_overrides_apply_to_their_upsampler_only() -> None:
-    overrides = {"carafe": {"k_up": 3}}
-    assert mask_head_upsampler_spec({"name": "carafe", "k_up": 5, "c_m": 64}, overrides) == \
-        {"name": "carafe", "k_up": 3, "c_m": 64}
+    overrides = {"deconv": {"kernel_size": 2}}
+    assert mask_head_upsampler_spec({"name": "deconv", "kernel_size": 3}, overrides) == \
+        {"name": "deconv", "kernel_size": 2}
     assert mask_head_upsampler_spec("nearest", overrides) == "nearest"
+    assert mask_head_upsampler_spec({"name": "carafe", "k_up": 5}, overrides) == {"name": "carafe", "k_up": 5}
 
 
-def test_original_mask_rcnn_keeps_the_deconv_and_loads_torchvision_checkpoints() -> None:
-    ours = build_mask_rcnn(90)
-    assert isinstance(ours.roi_heads.mask_predictor.conv5_mask, nn.ConvTranspose2d)
+@pytest.mark.parametrize("mask_head_site", [False, True])
+def test_original_mask_rcnn_keeps_the_deconv_and_loads_torchvision_checkpoints(mask_head_site: bool) -> None:
+    # With the site on, upsampler=deconv is the original 2x2 deconv + ReLU (CARAFE Table 3 "Deconv").
+    ours = build_mask_rcnn(90, upsampler="deconv", sites={"fpn": False, "mask_head": mask_head_site},
+                           fpn_style="torchvision")
     reference = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None,
                                                                   num_classes=91)
     result = ours.load_state_dict(reference.state_dict(), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
+    ours_predictor, reference_predictor = ours.roi_heads.mask_predictor, reference.roi_heads.mask_predictor
+    assert [type(m) for m in ours_predictor.children()] == [type(m) for m in reference_predictor.children()]
+    assert repr(ours_predictor.conv5_mask) == repr(reference_predictor.conv5_mask)
 
 
 def test_faster_rcnn_with_carafe_loads_torchvision_checkpoint_except_the_upsamplers() -> None:
-    ours = build_faster_rcnn(90, upsampler="carafe")
+    ours = build_faster_rcnn(90, upsampler="carafe", fpn_style="torchvision")
     reference = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None,
                                                                     num_classes=91)
     result = ours.load_state_dict(reference.state_dict(), strict=False)

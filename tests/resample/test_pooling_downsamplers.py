@@ -13,18 +13,22 @@ from carafe_exp.resample import build_downsampler
 from carafe_exp.resample.lip import lip_pool
 
 
-def _windows(size: int, scale: int) -> list[range]:
-    return [range(start, min(start + scale, size)) for start in range(0, size, scale)]
+def _window(center: int, kernel_size: int, size: int) -> range:
+    """Input indices of the k-window centred at ``center``, clipped to the map."""
+    r = kernel_size // 2
+    return range(max(center - r, 0), min(center + r + 1, size))
 
 
-def _dpp_by_loops(x: torch.Tensor, alpha: torch.Tensor, lam: torch.Tensor, scale: int) -> torch.Tensor:
-    """DPP as written in the module docstring, one window at a time (float64)."""
+def _dpp_by_loops(x: torch.Tensor, alpha: torch.Tensor, lam: torch.Tensor, scale: int,
+                  kernel_size: int) -> torch.Tensor:
+    """DPP as written in the module docstring, one window at a time (float64): window p centred at s·p."""
     n, c, h, w = x.shape
     out = torch.zeros(n, c, -(-h // scale), -(-w // scale), dtype=torch.float64)
     for b in range(n):
         for ch in range(c):
-            for oy, rows in enumerate(_windows(h, scale)):
-                for ox, cols in enumerate(_windows(w, scale)):
+            for oy in range(out.shape[2]):
+                for ox in range(out.shape[3]):
+                    rows, cols = _window(oy * scale, kernel_size, h), _window(ox * scale, kernel_size, w)
                     values = [float(x[b, ch, i, j]) for i in rows for j in cols]
                     mean = sum(values) / len(values)
                     deviations = [(v - mean) ** 2 + 1e-3 for v in values]
@@ -34,22 +38,35 @@ def _dpp_by_loops(x: torch.Tensor, alpha: torch.Tensor, lam: torch.Tensor, scale
     return out
 
 
-@pytest.mark.parametrize("scale", [2, 3])
-def test_dpp_matches_its_formula_window_by_window(scale: int) -> None:
-    module = build_downsampler("dpp", 3, scale).double()
+@pytest.mark.parametrize(("scale", "kernel_size"), [(2, 3), (3, 3), (2, 5)])
+def test_dpp_matches_its_formula_window_by_window(scale: int, kernel_size: int) -> None:
+    module = build_downsampler("dpp", 3, scale, kernel_size=kernel_size).double()
     x = torch.randn(2, 3, 5, 7, dtype=torch.float64)
-    expected = _dpp_by_loops(x, module.log_alpha.detach().exp(), module.log_lambda.detach().exp(), scale)
+    expected = _dpp_by_loops(x, module.log_alpha.detach().exp(), module.log_lambda.detach().exp(), scale,
+                             kernel_size)
     torch.testing.assert_close(module(x), expected)
+
+
+def test_dpp_windows_are_centred_like_every_other_downsampler() -> None:
+    """Issue: 2x2 DPP windows sat at s·y + (s−1)/2; a spike at (2y, 2x) must land in output (y, x) only."""
+    module = build_downsampler("dpp", 1, 2)
+    x = torch.zeros(1, 1, 8, 8)
+    x[0, 0, 4, 6] = 1.0
+    out = module(x)
+    reference = F.avg_pool2d(x, 3, 2, padding=1, count_include_pad=False)
+    assert out.argmax() == reference.argmax() == 2 * 4 + 3  # output (2, 3) is centred on input (4, 6)
+    # The spike sits in no window but those centred within one pixel of it, as for the 3x3 average pool.
+    assert torch.equal(out > 0, reference > 0)
 
 
 def test_dpp_emphasises_details_and_tends_to_average_pooling_for_large_alpha() -> None:
     module = build_downsampler("dpp", 1, 2)
-    x = torch.zeros(1, 1, 2, 2)
-    x[0, 0, 0, 0] = 4.0  # one spike in the window: its deviation is largest, so it gets the largest weight
-    assert module(x).item() > x.mean().item()
+    x = torch.zeros(1, 1, 3, 3)
+    x[0, 0, 1, 1] = 4.0  # one spike in the window: its deviation is largest, so it gets the largest weight
+    assert module(x)[0, 0, 0, 0].item() > F.avg_pool2d(x, 3, 2, padding=1, count_include_pad=False)[0, 0, 0, 0]
     with torch.no_grad():
-        module.log_alpha.fill_(20.0)  # weights ≈ exp(20) everywhere: plain mean
-    torch.testing.assert_close(module(x), F.avg_pool2d(x, 2))
+        module.log_alpha.fill_(20.0)  # weights ≈ exp(20) everywhere: plain mean over the valid window
+    torch.testing.assert_close(module(x), F.avg_pool2d(x, 3, 2, padding=1, count_include_pad=False))
 
 
 def _lip_by_loops(x: torch.Tensor, logits: torch.Tensor, k: int, s: int) -> torch.Tensor:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from carafe_exp.tasks.optim import build_lr_scheduler, build_optimizer, lr_factor, scaled_lr
+from carafe_exp.tasks.optim import build_lr_scheduler, build_optimizer, lr_factor, scaled_lr, scaled_warmup_iters
 
 
 def test_linear_scaling_rule() -> None:
@@ -57,3 +57,22 @@ def test_scheduler_steps_the_optimizer() -> None:
         optimizer.step()
         scheduler.step()
     assert lrs[0] == 1.0 and lrs[5] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_warmup_scales_with_the_batch_like_the_lr() -> None:
+    """mmdetection v1's 500 warm-up iterations at batch 16 are 8000 images: 4000 iterations at batch 2."""
+    assert scaled_warmup_iters(500, 16, 2) == 4000
+    assert scaled_warmup_iters(500, 16, 32) == 250
+    schedule = {"policy": "constant", "warmup_iters": 500, "warmup_factor": 1 / 3, "warmup_scales_with_batch": True}
+
+    def lrs(base: int, total: int, steps: list[int]) -> list[float]:
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        scheduler = build_lr_scheduler(optimizer, schedule, total_steps=10_000, steps_per_epoch=100,
+                                       base_batch_size=base, total_batch_size=total)
+        return [scheduler.lr_lambdas[0](step) for step in steps]
+
+    assert lrs(16, 2, [0, 2000, 4000]) == pytest.approx([1 / 3, 1 / 3 + (2 / 3) * 0.5, 1.0])
+    assert lrs(16, 16, [0, 250, 500]) == pytest.approx([1 / 3, 2 / 3, 1.0])
+    # Without the flag the warm-up stays in iterations.
+    schedule["warmup_scales_with_batch"] = False
+    assert lrs(16, 2, [250, 500]) == pytest.approx([2 / 3, 1.0])

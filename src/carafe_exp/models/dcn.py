@@ -10,7 +10,7 @@ so an ImageNet ResNet checkpoint still loads into ``layerX.Y.conv2.weight``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 import torchvision
@@ -73,11 +73,14 @@ class ModulatedDeformConv2d(nn.Module):
 
 
 def apply_dcn(resnet: torchvision.models.ResNet,
-              stages: Sequence[bool] = (False, True, True, True)) -> list[str]:
+              stages: Sequence[bool] = (False, True, True, True), skip_blocks: Collection[str] = ()) -> list[str]:
     """Replace conv2 (the 3×3) of every bottleneck in the stages flagged in ``stages`` by DCNv2, in place.
 
-    Returns the names of the replaced convolutions. Call it after any change to the strides
-    (the DCN copies the conv's stride when it is made).
+    Blocks named in ``skip_blocks`` (``"layer2.0"`` ...) keep their plain conv2: CARAFE++ §5.2
+    replaces the *strided* DCNv2 by CARAFE++ "and a following 3x3 convolution layer without
+    stride", so with the backbone site on, the first block of layer2-4 has no DCN. Returns the
+    names of the replaced convolutions. Call it after any change to the strides (the DCN copies
+    the conv's stride when it is made).
     """
     if len(stages) != 4:
         raise ValueError(f"dcn stages must have 4 flags (layer1..layer4), got {list(stages)}")
@@ -87,6 +90,8 @@ def apply_dcn(resnet: torchvision.models.ResNet,
             continue
         layer = getattr(resnet, f"layer{index}")
         for block_index, block in enumerate(layer):
+            if f"layer{index}.{block_index}" in skip_blocks:
+                continue
             conv = getattr(block, "conv2", None)
             if not isinstance(conv, nn.Conv2d) or conv.kernel_size != (3, 3):
                 raise ValueError(f"DCNv2 expects bottleneck blocks with a 3x3 conv2; layer{index}.{block_index} "

@@ -21,9 +21,9 @@ from torch import nn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 
 from carafe_exp.errors import ConfigError
-from carafe_exp.models.backbone_sites import replace_backbone_downsampling
+from carafe_exp.models.backbone_sites import backbone_site_modules, resampled_blocks
 from carafe_exp.models.dcn import apply_dcn
-from carafe_exp.models.fpn import ResampledFPN
+from carafe_exp.models.fpn import ResampledFPN, fpn_of_style
 from carafe_exp.models.resnet import build_resnet
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,9 @@ class DetectionBackbone(BackboneWithFPN):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self._freeze()
+        # Lightning never calls .train() (it saves and restores each module's mode around
+        # evaluation), so the frozen parts must already be in eval mode when the model is built.
+        self.train(self.training)
 
     @property
     def size_divisor(self) -> int:
@@ -75,18 +78,21 @@ def build_detection_backbone(depth: int = 50, weights: str | None = None, dcn: b
                              frozen_stages: int = 1, norm_eval: bool = True, allow_download: bool = False,
                              fpn_upsampler: str | Mapping[str, Any] = "nearest",
                              backbone_downsampler: str | Mapping[str, Any] | None = None,
-                             fpn_p6: bool = False) -> tuple[DetectionBackbone, dict[str, list[str]]]:
+                             fpn_style: str = "fpn_carafe",
+                             strict: bool = True) -> tuple[DetectionBackbone, dict[str, list[str]]]:
     """ResNet-``depth`` (± DCNv2 in layer2–4) + FPN; returns the backbone and the resampling sites used.
 
-    ``backbone_downsampler`` (None: keep the strided convs) goes to the ResNet's four stride-2
-    sites; ``fpn_upsampler`` does every top-down ×2 step; ``fpn_p6`` makes P6 from C5 and runs it
-    through the top-down pass (mmdetection's FPN_CARAFE).
+    ``backbone_downsampler`` (None: keep the strided convs) goes to the ResNet's 7 downsampling
+    places, before ``weights`` load (:func:`~carafe_exp.models.resnet.build_resnet`, with
+    ``strict``); ``fpn_upsampler`` does every top-down ×2 step of the FPN of ``fpn_style``
+    (``fpn_carafe``: mmdetection's FPN_CARAFE; ``torchvision``).
     """
     if depth not in (50, 101, 152):
         raise ConfigError(f"model.backbone.depth={depth}: the R-CNN backbones are bottleneck ResNets (50, 101, 152)")
     if not -1 <= frozen_stages <= 4:
         raise ConfigError(f"model.backbone.frozen_stages={frozen_stages} must be in -1..4")
-    body = build_resnet(depth=depth, weights=weights, allow_download=allow_download)
+    body = build_resnet(depth=depth, weights=weights, allow_download=allow_download,
+                        downsampler=backbone_downsampler, strict=strict)
     if not weights and (frozen_stages >= 0 or norm_eval):
         log.info("backbone has no pretrained weights: training it whole with live BatchNorm "
                  "(frozen_stages and norm_eval apply to pretrained backbones only)")
@@ -96,12 +102,13 @@ def build_detection_backbone(depth: int = 50, weights: str | None = None, dcn: b
     body.avgpool = nn.Identity()
     sites: dict[str, list[str]] = {}
     if backbone_downsampler is not None:
-        sites["backbone"] = replace_backbone_downsampling(body, backbone_downsampler)
+        sites["backbone"] = backbone_site_modules(body)
     if dcn:
-        replaced = apply_dcn(body, (False, True, True, True))
+        # CARAFE++ §5.2: the strided DCNv2 becomes the downsampler and a plain stride-1 3x3 conv.
+        replaced = apply_dcn(body, (False, True, True, True), skip_blocks=resampled_blocks(body))
         log.info("DCNv2 in %d convs of layer2-4", len(replaced))
     in_channels = [int(getattr(body, f"layer{i}")[-1].conv3.out_channels) for i in range(1, 5)]
-    fpn = ResampledFPN(in_channels, FPN_CHANNELS, upsampler=fpn_upsampler, p6_in_top_down=fpn_p6)
+    fpn = fpn_of_style(fpn_style, in_channels, FPN_CHANNELS, upsampler=fpn_upsampler)
     sites["fpn"] = [f"fpn.upsamplers.{i}" for i in range(len(fpn.upsamplers))]
     return DetectionBackbone(body, fpn, frozen_stages=frozen_stages, norm_eval=norm_eval), sites
 

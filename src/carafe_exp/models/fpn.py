@@ -6,11 +6,19 @@ level i+1 to level i). ``inner_blocks``/``layer_blocks``/``extra_blocks`` keep t
 names, so torchvision detection checkpoints load; with a parameter-free upsampler (nearest,
 the original FPN) the state dict is exactly torchvision's.
 
-``p6_in_top_down=True`` mirrors mmdetection's ``FPN_CARAFE`` with ``num_outs=5``: the extra
-level P6 is a 3×3 stride-2 conv on C5 made *before* the top-down pass, and takes part in it
-(P6 is upsampled into P5 too), then gets its own 3×3 output conv. Inputs must then be padded to
-a multiple of 64 so every ×2 step is exact. The output keeps torchvision's key ``"pool"`` for
-P6, so the RPN's anchor generator sees the same five levels either way.
+Two structures (``FPN_STYLES``, config key ``model.fpn_style``):
+
+- ``fpn_carafe`` — mmdetection's ``FPN_CARAFE`` with ``num_outs=5``, the FPN every detection
+  number of the CARAFE papers comes from (for every upsampler, nearest included): the extra level
+  P6 is a 3×3 stride-2 conv on C5 made *before* the top-down pass, and takes part in it (P6 is
+  upsampled into P5 too: a 4th upsampler), then gets its own 3×3 output conv. Inputs are padded to
+  a multiple of 64 so every ×2 step is exact. Lateral, output and P6 convs are Xavier-uniform with
+  zero bias (``FPN_CARAFE.init_weights``);
+- ``torchvision`` — torchvision's FPN: P6 is a stride-2 max-pool of P5 after the top-down pass,
+  inputs padded to 32, convs Kaiming-uniform (a=1).
+
+The output keeps torchvision's key ``"pool"`` for P6, so the RPN's anchor generator sees the same
+five levels either way.
 """
 
 from __future__ import annotations
@@ -23,7 +31,11 @@ from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool
 
+from carafe_exp.errors import ConfigError
 from carafe_exp.resample import build_upsampler
+from carafe_exp.resample.weight_init import xavier_uniform_init
+
+FPN_STYLES = ("fpn_carafe", "torchvision")
 
 
 def _match_size(x: Tensor, size: Sequence[int]) -> Tensor:
@@ -43,12 +55,16 @@ def _match_size(x: Tensor, size: Sequence[int]) -> Tensor:
 
 
 class ResampledFPN(FeaturePyramidNetwork):
-    """torchvision's FPN with the top-down ×2 upsampling done by ``build_upsampler(upsampler, C, 2)``."""
+    """torchvision's FPN with the top-down ×2 upsampling done by ``build_upsampler(upsampler, C, 2)``.
+
+    ``p6_in_top_down`` and ``xavier_init`` together make mmdetection's FPN_CARAFE
+    (see :func:`fpn_of_style`).
+    """
 
     def __init__(self, in_channels_list: list[int], out_channels: int,
                  upsampler: str | Mapping[str, Any] = "nearest", p6_in_top_down: bool = False,
                  extra_blocks: ExtraFPNBlock | None = None,
-                 norm_layer: Callable[..., nn.Module] | None = None) -> None:
+                 norm_layer: Callable[..., nn.Module] | None = None, xavier_init: bool = False) -> None:
         if p6_in_top_down and extra_blocks is not None:
             raise ValueError("ResampledFPN: p6_in_top_down makes P6 itself; do not also pass extra_blocks")
         if not p6_in_top_down and extra_blocks is None:
@@ -65,6 +81,18 @@ class ResampledFPN(FeaturePyramidNetwork):
             for conv in (self.p6_lateral, self.p6_output):
                 nn.init.kaiming_uniform_(conv.weight, a=1)
                 nn.init.constant_(conv.bias, 0)
+        if xavier_init:
+            # FPN_CARAFE.init_weights: every conv of the FPN itself (the upsamplers init their own).
+            for conv in self.fpn_convs():
+                xavier_uniform_init(conv)
+
+    def fpn_convs(self) -> list[nn.Conv2d]:
+        """The lateral, output and (with P6 in the top-down pass) P6 convolutions, not the upsamplers'."""
+        blocks = [*self.inner_blocks, *self.layer_blocks]
+        convs = [m for block in blocks for m in block.modules() if isinstance(m, nn.Conv2d)]
+        if self.p6_in_top_down:
+            convs += [self.p6_lateral, self.p6_output]
+        return convs
 
     @property
     def size_divisor(self) -> int:
@@ -93,4 +121,13 @@ class ResampledFPN(FeaturePyramidNetwork):
         return OrderedDict(zip(names, results))
 
 
-__all__ = ["ResampledFPN"]
+def fpn_of_style(style: str, in_channels_list: list[int], out_channels: int,
+                 upsampler: str | Mapping[str, Any] = "nearest") -> ResampledFPN:
+    """The FPN of ``style`` (``fpn_carafe`` or ``torchvision``, see the module docstring) with ``upsampler``."""
+    if style not in FPN_STYLES:
+        raise ConfigError(f"model.fpn_style must be one of {list(FPN_STYLES)}, got {style!r}")
+    carafe = style == "fpn_carafe"
+    return ResampledFPN(in_channels_list, out_channels, upsampler=upsampler, p6_in_top_down=carafe, xavier_init=carafe)
+
+
+__all__ = ["FPN_STYLES", "ResampledFPN", "fpn_of_style"]

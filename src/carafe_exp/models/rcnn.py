@@ -6,15 +6,26 @@ Built from torchvision's ``FasterRCNN`` / ``MaskRCNN`` (RPN, RoI heads, anchor g
 
 - ``fpn``: every top-down ×2 step of the FPN (original: nearest);
 - ``mask_head``: the mask predictor's 14→28 upsampling (original: 2×2 deconv + ReLU);
-- ``backbone``: ResNet's stem max-pool and the stride-2 of layer2–4's first bottleneck.
+- ``backbone``: ResNet's 7 downsampling places (CARAFE++ §4.1: the stem max-pool, and in the
+  first bottleneck of layer2–4 one before the 3×3 conv and one before the shortcut projection).
 
 Sites not given are off, except ``fpn``, which is on unless ``sites`` says ``fpn: false``
 (with the default upsampler, nearest, that is the original FPN).
 
+The defaults are mmdetection v1's, the code every CARAFE number was trained with; each has a
+key that selects torchvision's behaviour instead:
+
+- ``fpn_style``: ``fpn_carafe`` (P6 from C5 in the top-down pass, input padded to 64, Xavier
+  init) or ``torchvision`` (P6 by max-pool, padded to 32) — :mod:`carafe_exp.models.fpn`;
+- ``box_loss_beta``: smooth-L1 β of the RoI box loss, 1.0 (torchvision: 1/9) —
+  :mod:`carafe_exp.models.roi_heads`;
+- ``head_init``: ``mmdet_v1`` or ``torchvision`` — :mod:`carafe_exp.models.head_init`;
+- ``roi_align_aligned``: false (v1; sampling ratio 2 either way), true for mmdetection v2's
+  half-pixel RoIAlign — :mod:`carafe_exp.models.roi_align`.
+
 Images are resized inside the model (short side ``min_size``, long side at most ``max_size``)
-and padded to a multiple of 32, or 64 with ``fpn_p6``; predictions come back in the coordinates
-of the images given to ``forward``. ``num_classes`` counts object categories without the
-background class.
+and padded to the FPN's multiple; predictions come back in the coordinates of the images given
+to ``forward``. ``num_classes`` counts object categories without the background class.
 """
 
 from __future__ import annotations
@@ -28,7 +39,14 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from carafe_exp.errors import ConfigError
 from carafe_exp.models.detection_backbone import FPN_CHANNELS, build_detection_backbone
-from carafe_exp.models.mask_head import ResampledMaskPredictor, mask_head_upsampler_spec
+from carafe_exp.models.head_init import HEAD_INITS, init_heads_mmdet_v1
+from carafe_exp.models.mask_head import (
+    DEFAULT_MASK_HEAD_OVERRIDES,
+    ResampledMaskPredictor,
+    mask_head_upsampler_spec,
+)
+from carafe_exp.models.roi_align import use_aligned_roi_align
+from carafe_exp.models.roi_heads import MMDET_V1_BOX_LOSS_BETA, use_box_loss_beta
 from carafe_exp.resample import ORIGINAL_DOWNSAMPLER
 from carafe_exp.resample.registry import split_spec
 
@@ -65,10 +83,14 @@ def _check_rcnn_kwargs(rcnn: Mapping[str, Any] | None) -> dict[str, Any]:
     return rcnn
 
 
+_BACKBONE_KEYS = frozenset({"depth", "weights", "dcn", "frozen_stages", "norm_eval", "allow_download", "strict"})
+
+
 def _build(kind: str, num_classes: int, upsampler: str | Mapping[str, Any], downsampler: str | Mapping[str, Any],
-           sites: Mapping[str, bool] | None, backbone: Mapping[str, Any] | None, fpn_p6: bool,
+           sites: Mapping[str, bool] | None, backbone: Mapping[str, Any] | None, fpn_style: str,
            min_size: int, max_size: int, rcnn: Mapping[str, Any] | None,
-           mask_head_overrides: Mapping[str, Mapping[str, Any]] | None) -> FasterRCNN:
+           mask_head_overrides: Mapping[str, Mapping[str, Any]] | None, box_loss_beta: float, head_init: str,
+           roi_align_aligned: bool) -> FasterRCNN:
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive int (object categories without background), "
                           f"got {num_classes!r}")
@@ -76,9 +98,13 @@ def _build(kind: str, num_classes: int, upsampler: str | Mapping[str, Any], down
     enabled = _check_sites(sites, allowed, kind)
     rcnn_kwargs = _check_rcnn_kwargs(rcnn)
     backbone_cfg = dict(backbone or {})
-    unknown = sorted(set(backbone_cfg) - {"depth", "weights", "dcn", "frozen_stages", "norm_eval", "allow_download"})
+    unknown = sorted(set(backbone_cfg) - _BACKBONE_KEYS)
     if unknown:
-        raise ConfigError(f"model.backbone got unknown key(s) {unknown}")
+        raise ConfigError(f"model.backbone got unknown key(s) {unknown}; allowed: {sorted(_BACKBONE_KEYS)}")
+    if head_init not in HEAD_INITS:
+        raise ConfigError(f"model.head_init must be one of {list(HEAD_INITS)}, got {head_init!r}")
+    if not box_loss_beta > 0:
+        raise ConfigError(f"model.box_loss_beta must be positive, got {box_loss_beta}")
     up_name, _ = split_spec(upsampler)
     down_name, _ = split_spec(downsampler)
 
@@ -89,28 +115,38 @@ def _build(kind: str, num_classes: int, upsampler: str | Mapping[str, Any], down
         allow_download=bool(backbone_cfg.get("allow_download", False)),
         fpn_upsampler=upsampler if enabled.get("fpn", False) else "nearest",
         backbone_downsampler=downsampler if enabled.get("backbone", False) else None,
-        fpn_p6=fpn_p6)
+        fpn_style=fpn_style, strict=bool(backbone_cfg.get("strict", True)))
     cls = MaskRCNN if kind == "mask_rcnn" else FasterRCNN
     model = cls(body, num_classes=num_classes + 1, min_size=min_size, max_size=max_size,
                 image_mean=list(IMAGE_MEAN), image_std=list(IMAGE_STD), **rcnn_kwargs)
     model.transform = GeneralizedRCNNTransform(min_size, max_size, list(IMAGE_MEAN), list(IMAGE_STD),
                                                size_divisible=body.size_divisor)
     if kind == "mask_rcnn" and enabled.get("mask_head", False):
-        spec = mask_head_upsampler_spec(upsampler, mask_head_overrides)
+        overrides = DEFAULT_MASK_HEAD_OVERRIDES if mask_head_overrides is None else mask_head_overrides
+        spec = mask_head_upsampler_spec(upsampler, overrides)
         model.roi_heads.mask_predictor = ResampledMaskPredictor(FPN_CHANNELS, num_classes + 1, spec)
         used["mask_head"] = ["roi_heads.mask_predictor.conv5_mask"]
+    if head_init == "mmdet_v1":
+        init_heads_mmdet_v1(model.roi_heads)
+    use_box_loss_beta(model.roi_heads, box_loss_beta)
+    if roi_align_aligned:
+        for pooler in (model.roi_heads.box_roi_pool, getattr(model.roi_heads, "mask_roi_pool", None)):
+            if pooler is not None:
+                use_aligned_roi_align(pooler)
 
-    _log_sites(kind, enabled, used, up_name, down_name, fpn_p6)
+    _log_sites(kind, enabled, used, up_name, down_name, fpn_style)
+    log.info("%s heads: %s init, RoI box loss smooth-L1 beta=%.4g, RoIAlign aligned=%s", kind, head_init,
+             box_loss_beta, roi_align_aligned)
     return model
 
 
 def _log_sites(kind: str, enabled: Mapping[str, bool], used: Mapping[str, list[str]], up_name: str,
-               down_name: str, fpn_p6: bool) -> None:
+               down_name: str, fpn_style: str) -> None:
     up_sites = [s for s in ("fpn", "mask_head") if enabled.get(s, False)]
     for site in up_sites:
         log.info("%s site %s: upsampler %r at %s", kind, site, up_name, ", ".join(used.get(site, [])))
-    if fpn_p6:
-        log.info("%s: P6 is made from C5 before the top-down pass and takes part in it (FPN_CARAFE)", kind)
+    if fpn_style == "fpn_carafe":
+        log.info("%s: FPN_CARAFE structure: P6 is made from C5 before the top-down pass and takes part in it", kind)
     if enabled.get("backbone", False):
         log.info("%s site backbone: downsampler %r at %s", kind, down_name,
                  ", ".join(used.get("backbone", [])) or "none (the original strided convs)")
@@ -123,31 +159,33 @@ def _log_sites(kind: str, enabled: Mapping[str, bool], used: Mapping[str, list[s
 def build_faster_rcnn(num_classes: int, upsampler: str | Mapping[str, Any] = "nearest",
                       downsampler: str | Mapping[str, Any] = ORIGINAL_DOWNSAMPLER,
                       sites: Mapping[str, bool] | None = None, backbone: Mapping[str, Any] | None = None,
-                      fpn_p6: bool = False, min_size: int = 800, max_size: int = 1333,
-                      rcnn: Mapping[str, Any] | None = None) -> FasterRCNN:
+                      fpn_style: str = "fpn_carafe", min_size: int = 800, max_size: int = 1333,
+                      rcnn: Mapping[str, Any] | None = None, box_loss_beta: float = MMDET_V1_BOX_LOSS_BETA,
+                      head_init: str = "mmdet_v1", roi_align_aligned: bool = False) -> FasterRCNN:
     """Faster R-CNN R-``backbone.depth``-FPN for ``num_classes`` object categories.
 
     ``sites`` may enable ``fpn`` and ``backbone``; ``backbone`` holds depth, weights (None, a
-    torchvision weights name in the hub cache, or a local path), dcn, frozen_stages, norm_eval;
-    ``rcnn`` passes RPN/RoI budgets (``box_batch_size_per_image`` ...) on to torchvision.
+    torchvision weights name in the hub cache, a checkpoint file, a run or sweep directory),
+    strict, dcn, frozen_stages, norm_eval; ``rcnn`` passes RPN/RoI budgets
+    (``box_batch_size_per_image`` ...) on to torchvision. ``fpn_style``, ``box_loss_beta``,
+    ``head_init`` and ``roi_align_aligned`` default to mmdetection v1 (module docstring).
     """
-    return _build("faster_rcnn", num_classes, upsampler, downsampler, sites, backbone, fpn_p6, min_size,
-                  max_size, rcnn, None)
+    return _build("faster_rcnn", num_classes, upsampler, downsampler, sites, backbone, fpn_style, min_size,
+                  max_size, rcnn, None, box_loss_beta, head_init, roi_align_aligned)
 
 
 def build_mask_rcnn(num_classes: int, upsampler: str | Mapping[str, Any] = "nearest",
                     downsampler: str | Mapping[str, Any] = ORIGINAL_DOWNSAMPLER,
                     sites: Mapping[str, bool] | None = None, backbone: Mapping[str, Any] | None = None,
-                    fpn_p6: bool = False, min_size: int = 800, max_size: int = 1333,
+                    fpn_style: str = "fpn_carafe", min_size: int = 800, max_size: int = 1333,
                     rcnn: Mapping[str, Any] | None = None,
-                    mask_head_overrides: Mapping[str, Mapping[str, Any]] | None = None) -> MaskRCNN:
+                    mask_head_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+                    box_loss_beta: float = MMDET_V1_BOX_LOSS_BETA, head_init: str = "mmdet_v1",
+                    roi_align_aligned: bool = False) -> MaskRCNN:
     """Mask R-CNN: :func:`build_faster_rcnn` plus the mask branch and its ``mask_head`` site.
 
     ``mask_head_overrides`` maps an upsampler name to parameters used at the mask head only
-    (mmdetection's CARAFE Mask R-CNN: ``{carafe: {k_up: 3}}``).
+    (None: ``{deconv: {kernel_size: 2}}``, Mask R-CNN's own 2×2 deconv, while the FPN's is 3×3).
     """
-    return _build("mask_rcnn", num_classes, upsampler, downsampler, sites, backbone, fpn_p6, min_size,
-                  max_size, rcnn, mask_head_overrides)
-
-
-__all__ = ["DETECTION_SITES", "build_faster_rcnn", "build_mask_rcnn"]
+    return _build("mask_rcnn", num_classes, upsampler, downsampler, sites, backbone, fpn_style, min_size,
+                  max_size, rcnn, mask_head_overrides, box_loss_beta, head_init, roi_align_aligned)

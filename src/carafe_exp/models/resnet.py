@@ -1,29 +1,71 @@
-"""torchvision ResNet-50/101, optionally with pretrained weights from the local cache or a file."""
+"""torchvision ResNets with the CARAFE++ backbone downsamplers, then pretrained weights.
+
+The order matters: the network is modified first (the downsampler at the backbone site, see
+:mod:`carafe_exp.models.backbone_sites`) and the weights are loaded after, so a backbone
+pretrained with its downsamplers (CARAFE++ §5.2: every CARAFE++ detection and segmentation
+table starts from one) keeps every resampler tensor, BatchNorm statistics included.
+"""
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import torchvision
 from torchvision.models import ResNet
 
 from carafe_exp.errors import ConfigError
-from carafe_exp.models.pretrained import load_matching, resolve_weights
+from carafe_exp.models.backbone_sites import replace_backbone_downsampling
+from carafe_exp.models.pretrained import (
+    load_pretrained,
+    load_state_dict_file,
+    looks_like_path,
+    torchvision_state_dict,
+)
+from carafe_exp.models.run_checkpoint import BackboneSetting, locate_checkpoint
+
+log = logging.getLogger(__name__)
 
 RESNET_DEPTHS = (18, 34, 50, 101, 152)
 
 
 def build_resnet(depth: int = 50, weights: str | None = None, num_classes: int = 1000,
-                 allow_download: bool = False) -> ResNet:
-    """A torchvision ``resnet<depth>`` with ``num_classes`` outputs.
+                 allow_download: bool = False, downsampler: str | Mapping[str, Any] | None = None,
+                 strict: bool = True) -> ResNet:
+    """A torchvision ``resnet<depth>`` with ``num_classes`` outputs, ``downsampler`` at its backbone site.
 
-    ``weights``: None (random init, torchvision's), a torchvision weights name such as
-    ``IMAGENET1K_V1`` / ``DEFAULT`` (read from the torch hub cache; downloaded only with
-    ``allow_download``), or a local checkpoint path. A classifier head of another size keeps its
-    fresh initialisation.
+    ``downsampler``: None or ``conv`` keeps the original network; any other downsampler (a
+    registry name or a config mapping) goes to the 7 places of CARAFE++ §4.1.
+
+    ``weights``: None (torchvision's random init); a torchvision weights name such as
+    ``IMAGENET1K_V1`` (read from the torch hub cache; downloaded only with ``allow_download``);
+    a state-dict file or Lightning ``.ckpt`` (e.g. of ``task=classification``); a run directory
+    (its ``checkpoints/last.ckpt``); or a sweep directory, from which the run trained with this
+    very backbone (depth and downsampler) is taken.
+
+    Every tensor must load, except a classifier head of another size, which keeps its fresh
+    initialisation; ``strict=False`` loads what fits and logs the rest.
     """
     if depth not in RESNET_DEPTHS:
         raise ConfigError(f"model.backbone.depth={depth} is not a ResNet depth; choose one of {RESNET_DEPTHS}")
     arch = f"resnet{depth}"
     model: ResNet = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    if downsampler is not None:
+        replace_backbone_downsampling(model, downsampler)
     if weights:
-        load_matching(model, resolve_weights(arch, str(weights), allow_download), what=f"{arch} weights {weights}")
+        weights = str(weights)
+        if not looks_like_path(weights):
+            state = torchvision_state_dict(arch, weights, allow_download)
+        elif Path(weights).expanduser().is_dir():
+            checkpoint = locate_checkpoint(weights, BackboneSetting.of(depth, downsampler), strict=strict)
+            log.info("%s weights from %s", arch, checkpoint)
+            state = load_state_dict_file(checkpoint)
+        else:
+            state = load_state_dict_file(weights)
+        load_pretrained(model, state, what=f"{arch} weights {weights}", strict=strict)
     return model
+
+
+__all__ = ["RESNET_DEPTHS", "build_resnet"]

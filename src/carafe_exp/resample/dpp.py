@@ -2,15 +2,20 @@
 
 DPP is a weighted average over each pooling window whose weights grow with how much a pixel
 deviates from a linearly downscaled version of the window, so details (edges, spikes) are kept
-instead of being averaged away. Follows the authors' PyTorch code (visinf, "DPP" module):
+instead of being averaged away. The weights follow the authors' code (visinf/dpp, ``DPP_sym_lite``
+and its PyTorch port): for output pixel p with window Ω_p and input pixels q ∈ Ω_p,
 
-    Ĩ   = nearest-upsampled s×s average pool of I            (the linear downscaling)
-    d   = (I − Ĩ)² + ε                                      (ε = 1e-3 keeps flat windows finite)
-    w   = (d / avg_window(d))^{exp(λ_c)} + exp(α_c)          (per-channel learned λ, α; exp keeps them > 0)
-    out = avg_window(I·w) / avg_window(w)
+    Ĩ_p     = mean_{q∈Ω_p} I_q                                (the linear downscaling)
+    d_pq    = (I_q − Ĩ_p)² + ε                                (ε = 1e-3 keeps flat windows finite)
+    w_pq    = (d_pq / mean_{q'∈Ω_p} d_pq')^{exp(λ_c)} + exp(α_c)   (per-channel learned λ, α; exp keeps them > 0)
+    out_p   = Σ_q w_pq I_q / Σ_q w_pq
 
-Pooling windows are s×s with stride s; the last window of an odd-sized map is partial
-(``ceil_mode``) and averages only its valid pixels, so the output is ⌈H/s⌉ × ⌈W/s⌉.
+Windows are k×k (odd k, default 3) with stride s and padding k//2, so window p is centred at
+input pixel s·p like every other downsampler of this project (strided conv, pooling, LIP,
+CARAFE++) and the output is ⌈H/s⌉ × ⌈W/s⌉; pixels outside the map take no part. This is the
+geometry of the official ImageNet DPP-ResNet, whose guide is a 3×3, stride-2, padding-1 average
+pool (``models/cudads.lua``); the authors' CIFAR "lite" code uses 2×2 windows, which would put
+every output half a pixel off the grid the other downsamplers and the detector's anchors use.
 λ and α are stored in log space and initialised uniform in [0, 1) as in the official code.
 """
 
@@ -20,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from carafe_exp.resample.checks import check_odd_kernel
 from carafe_exp.resample.registry import register_downsampler
 
 DIFFERENCE_EPS = 1e-3
@@ -27,26 +33,32 @@ DIFFERENCE_EPS = 1e-3
 
 @register_downsampler("dpp")
 class DetailPreservingPool(nn.Module):
-    """Detail-preserving pooling over s×s windows with per-channel learned α, λ (see module docstring)."""
+    """Detail-preserving pooling over centred k×k windows with per-channel learned α, λ (see module docstring)."""
 
-    def __init__(self, channels: int, scale: int) -> None:
+    def __init__(self, channels: int, scale: int, kernel_size: int = 3) -> None:
         super().__init__()
+        check_odd_kernel("dpp", "kernel_size", kernel_size)
         self.scale = scale
+        self.kernel_size = kernel_size
         self.log_lambda = nn.Parameter(torch.rand(channels))
         self.log_alpha = nn.Parameter(torch.rand(channels))
 
-    def _window_mean(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(x, self.scale, self.scale, ceil_mode=True)
-
-    def _back_to_input(self, pooled: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        upsampled = pooled.repeat_interleave(self.scale, dim=2).repeat_interleave(self.scale, dim=3)
-        return upsampled[..., :height, :width]
+    def _windows(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, k², H', W'): the k×k window of every output pixel (zeros outside the map)."""
+        n, c, h, w = x.shape
+        k, s = self.kernel_size, self.scale
+        out_h, out_w = (h - 1) // s + 1, (w - 1) // s + 1
+        columns = F.unfold(x, k, padding=k // 2, stride=s)
+        return columns.view(n, c, k * k, out_h, out_w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        linear = self._back_to_input(self._window_mean(x), height, width)
-        deviation = (x - linear) ** 2 + DIFFERENCE_EPS
-        relative = deviation / self._back_to_input(self._window_mean(deviation), height, width)
-        exponent = self.log_lambda.exp().view(1, -1, 1, 1)
-        weights = relative.pow(exponent) + self.log_alpha.exp().view(1, -1, 1, 1)
-        return self._window_mean(x * weights) / self._window_mean(weights)
+        values = self._windows(x)
+        # Which window taps fall inside the map: the mean and the weights ignore the rest.
+        inside = self._windows(torch.ones_like(x[:1, :1]))
+        count = inside.sum(dim=2, keepdim=True)
+        mean = (values * inside).sum(dim=2, keepdim=True) / count
+        deviation = (values - mean) ** 2 + DIFFERENCE_EPS
+        mean_deviation = (deviation * inside).sum(dim=2, keepdim=True) / count
+        exponent = self.log_lambda.exp().view(1, -1, 1, 1, 1)
+        weights = ((deviation / mean_deviation).pow(exponent) + self.log_alpha.exp().view(1, -1, 1, 1, 1)) * inside
+        return (weights * values).sum(dim=2) / weights.sum(dim=2)

@@ -8,14 +8,16 @@ from a small conv net ending in a "soft gate" 12·sigmoid(·), and
 Follows the official code (sebgao/LIP). Its ResNet uses two logit nets, selected here by
 ``logit_net``:
 
-- ``simplified`` (LIP-ResNet's stem and shortcut): 3×3 conv C→C, InstanceNorm(affine), soft gate;
+- ``simplified`` (LIP-ResNet's stem): 3×3 conv C→C, InstanceNorm(affine), soft gate;
 - ``bottleneck`` (LIP-ResNet's strided bottlenecks): 1×1 conv C→w, IN, ReLU, 3×3 conv w→w, IN,
   ReLU, 1×1 conv w→C, IN, soft gate, with w = ``bottleneck_width`` (128 in the official code);
-- ``auto`` (default): the official choice at this project's sites — simplified at the 64-channel
-  stem, bottleneck at layer2–4 (more than 64 channels).
+- ``auto`` (default): the official choice — simplified at a 64-channel stem, bottleneck on wider
+  maps.
 
 The official ``init_layer`` zeroes the last conv, so a fresh LIP is plain 3×3 average pooling
-(padding excluded). Convs have no bias (they feed InstanceNorm).
+(padding excluded). Convs have no bias (they feed InstanceNorm). The bottleneck net is split
+into :class:`LIPLogitTrunk` and :class:`LIPLogitHead` because LIP-ResNet shares one trunk
+between the two poolings of a strided bottleneck (:mod:`carafe_exp.models.lip_resnet`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,49 @@ def lip_pool(x: torch.Tensor, logits: torch.Tensor, kernel_size: int, stride: in
     return numerator / denominator
 
 
+class LIPLogitTrunk(nn.Module):
+    """The official ``BottleneckShared``: 1×1 conv C→w, IN, ReLU, 3×3 conv w→w, IN, ReLU.
+
+    In LIP-ResNet one trunk per strided bottleneck reads the block's input and feeds the logit
+    heads of both its LIP poolings (main branch and shortcut).
+    """
+
+    def __init__(self, channels: int, width: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(channels, width, 1, bias=False),
+            nn.InstanceNorm2d(width, affine=True),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1, bias=False),
+            nn.InstanceNorm2d(width, affine=True),
+            nn.ReLU(inplace=True),
+        )
+        for conv in self.layers:
+            if isinstance(conv, nn.Conv2d):
+                # LIP-ResNet initialises every convolution as torchvision's ResNet does.
+                nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class LIPLogitHead(nn.Module):
+    """The official ``BottleneckLIP`` post-processing: 1×1 conv w→C, IN, soft gate; the conv starts at zero."""
+
+    def __init__(self, width: int, channels: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(width, channels, 1, bias=False),
+            nn.InstanceNorm2d(channels, affine=True),
+            SoftGate(),
+        )
+        # The official init_layer: constant logits, so a fresh LIP is plain average pooling.
+        nn.init.zeros_(self.layers[0].weight)
+
+    def forward(self, shared: torch.Tensor) -> torch.Tensor:
+        return self.layers(shared)
+
+
 @register_downsampler("lip")
 class LocalImportancePool(nn.Module):
     """LIP with the official logit nets (see module docstring)."""
@@ -65,26 +110,13 @@ class LocalImportancePool(nn.Module):
         self.kernel_size = kernel_size
         self.logit_net_kind = logit_net
         if logit_net == "simplified":
-            layers: list[nn.Module] = [
-                nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-                nn.InstanceNorm2d(channels, affine=True),
-            ]
+            conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+            # The official init_layer zeroes it: constant logits, so LIP starts as average pooling.
+            nn.init.zeros_(conv.weight)
+            self.logit: nn.Module = nn.Sequential(conv, nn.InstanceNorm2d(channels, affine=True), SoftGate())
         else:
-            width = bottleneck_width
-            layers = [
-                nn.Conv2d(channels, width, 1, bias=False),
-                nn.InstanceNorm2d(width, affine=True),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(width, width, 3, padding=1, bias=False),
-                nn.InstanceNorm2d(width, affine=True),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(width, channels, 1, bias=False),
-                nn.InstanceNorm2d(channels, affine=True),
-            ]
-        self.logit = nn.Sequential(*layers, SoftGate())
-        # The official init: the last conv starts at zero, so logits are constant and LIP starts as avg pooling.
-        last_conv = [m for m in self.logit if isinstance(m, nn.Conv2d)][-1]
-        nn.init.zeros_(last_conv.weight)
+            self.logit = nn.Sequential(LIPLogitTrunk(channels, bottleneck_width),
+                                       LIPLogitHead(bottleneck_width, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return lip_pool(x, self.logit(x), self.kernel_size, self.scale)

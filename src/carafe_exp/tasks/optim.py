@@ -3,7 +3,9 @@
 The task config gives the paper's optimiser (``lr`` at ``base_batch_size`` images per step);
 the schedule config gives its length and shape. The learning rate is scaled linearly to the
 real total batch (per-device batch × devices × nodes × gradient accumulation), and the
-scaling is logged so a run says what it actually used.
+scaling is logged so a run says what it actually used. With ``warmup_scales_with_batch`` the
+warm-up, given in iterations at the paper's batch, is scaled inversely so that it spans the same
+number of images (mmdetection v1's 500 iterations at batch 16 are 4000 iterations at batch 2).
 """
 
 from __future__ import annotations
@@ -73,9 +75,28 @@ def lr_factor(step: int, *, total_steps: int, steps_per_epoch: int, policy: str,
     return factor
 
 
+def scaled_warmup_iters(warmup_iters: int, base_batch_size: int, total_batch_size: int) -> int:
+    """Warm-up iterations at ``total_batch_size`` covering the images of ``warmup_iters`` at ``base_batch_size``."""
+    if base_batch_size <= 0 or total_batch_size <= 0:
+        raise ValueError(f"batch sizes must be positive, got base={base_batch_size} total={total_batch_size}")
+    return int(round(warmup_iters * base_batch_size / total_batch_size))
+
+
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, schedule: Mapping[str, Any], total_steps: int,
-                       steps_per_epoch: int) -> LambdaLR:
-    """A per-step LambdaLR following ``schedule`` (policy, milestones, gamma, power, warm-up)."""
+                       steps_per_epoch: int, base_batch_size: int | None = None,
+                       total_batch_size: int | None = None) -> LambdaLR:
+    """A per-step LambdaLR following ``schedule`` (policy, milestones, gamma, power, warm-up).
+
+    With ``schedule.warmup_scales_with_batch`` and both batch sizes given, the warm-up length is
+    scaled by ``base_batch_size / total_batch_size`` (:func:`scaled_warmup_iters`) and logged.
+    """
+    warmup_iters = int(schedule.get("warmup_iters", 0))
+    if schedule.get("warmup_scales_with_batch", False) and base_batch_size and total_batch_size \
+            and base_batch_size != total_batch_size:
+        scaled = scaled_warmup_iters(warmup_iters, base_batch_size, total_batch_size)
+        log.info("warm-up scaled with the batch: %d iterations at batch %d -> %d iterations at batch %d",
+                 warmup_iters, base_batch_size, scaled, total_batch_size)
+        warmup_iters = scaled
     kwargs = dict(
         total_steps=total_steps,
         steps_per_epoch=steps_per_epoch,
@@ -84,7 +105,7 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, schedule: Mapping[str, 
         gamma=float(schedule.get("gamma", 0.1)),
         power=float(schedule.get("power", 0.9)),
         min_factor=float(schedule.get("min_lr_factor", 0.0)),
-        warmup_iters=int(schedule.get("warmup_iters", 0)),
+        warmup_iters=warmup_iters,
         warmup_factor=float(schedule.get("warmup_factor", 0.001)),
     )
     return LambdaLR(optimizer, lambda step: lr_factor(step, **kwargs))

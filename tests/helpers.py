@@ -21,7 +21,6 @@ TINY_CLASSIFICATION = [
     "data.sample.train_per_class=8",
     "data.sample.val_per_class=4",
     "data.sample.size=40",
-    "callbacks=none",
 ]
 
 

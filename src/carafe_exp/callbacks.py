@@ -1,4 +1,8 @@
-"""Lightning callbacks of the run loop: throughput timing for metrics.json."""
+"""Lightning callbacks of the run loop: training throughput, random-number state and model identity in checkpoints.
+
+The checkpoint files themselves are written by :mod:`carafe_exp.checkpoint_callbacks`; what is
+printed while a run trains by :mod:`carafe_exp.progress`.
+"""
 
 from __future__ import annotations
 
@@ -23,52 +27,57 @@ def batch_size_of(batch: Any) -> int:
 
 
 class ThroughputTimer(L.Callback):
-    """Wall-clock images per second of training and testing (per process), for metrics.json.
+    """Wall-clock training images per second (per process), for metrics.json's ``throughput``.
 
-    Training time covers the optimisation steps only (data loading included, validation excluded),
-    which is what a user comparing upsamplers pays per epoch.
+    It covers the optimisation steps only (forward, backward and optimiser step, from each batch's
+    start to its end; fetching the next batch and validation are outside), which is what a user
+    comparing upsamplers pays per step. Test speed is the task's ``fps`` metric
+    (measured around the forward passes alone), so it is not timed twice here.
     """
 
     def __init__(self) -> None:
-        self.images = {"train": 0, "test": 0}
-        self.seconds = {"train": 0.0, "test": 0.0}
+        self.images = 0
+        self.seconds = 0.0
         self._start: float | None = None
 
     def _sync(self, trainer: L.Trainer) -> None:
         if trainer.strategy.root_device.type == "cuda":
             torch.cuda.synchronize(trainer.strategy.root_device)
 
-    def _begin(self, trainer: L.Trainer) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
         self._sync(trainer)
         self._start = time.perf_counter()
 
-    def _end(self, trainer: L.Trainer, stage: str, batch: Any) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
         if self._start is None:
             return
         self._sync(trainer)
-        self.seconds[stage] += time.perf_counter() - self._start
-        self.images[stage] += batch_size_of(batch)
+        self.seconds += time.perf_counter() - self._start
+        self.images += batch_size_of(batch)
         self._start = None
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        self._begin(trainer)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        self._end(trainer, "train", batch)
-
-    def on_test_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int,
-                            dataloader_idx: int = 0) -> None:
-        self._begin(trainer)
-
-    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._end(trainer, "test", batch)
-
     def summary(self) -> dict[str, float]:
-        """Images per second per stage that ran (training includes the backward pass)."""
-        return {f"{stage}_images_per_s": self.images[stage] / self.seconds[stage]
-                for stage in self.images if self.seconds[stage] > 0}
+        """``{"train_images_per_s": ...}`` when training ran (the backward pass included)."""
+        return {"train_images_per_s": self.images / self.seconds} if self.seconds > 0 else {}
+
+
+class RunIdentity(L.Callback):
+    """Writes a description of the model (task, network, resamplers and their sites) into every checkpoint.
+
+    Evaluating a checkpoint with another model's config then fails with one line naming both
+    models instead of a ``state_dict`` traceback (:mod:`carafe_exp.checkpoint_inspection`).
+    """
+
+    def __init__(self, description: dict[str, Any]) -> None:
+        self.description = dict(description)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        from carafe_exp.checkpoint_inspection import DESCRIPTION_KEY
+
+        checkpoint[DESCRIPTION_KEY] = self.description
 
 
 class RandomStateCheckpoint(L.Callback):

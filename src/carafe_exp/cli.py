@@ -1,182 +1,48 @@
-"""The ``carafe-exp`` entry point: compose the config, build everything, fit/test, write metrics.json.
+"""The ``carafe-exp`` entry point: compose the config with Hydra, run the job, report failures in one line.
 
     carafe-exp task=detection upsampler=carafe
     carafe-exp -m upsampler=nearest,carafe
-    carafe-exp train=false ckpt_path=outputs/runs/.../checkpoints/last.ckpt
+    carafe-exp train=false ckpt_path=outputs/runs/<date>/<time>
 
-Data flows one way: the config instantiates the datamodule, the model (a ``build_*`` function
-that takes plain arguments), the task module, the trainer with its loggers and callbacks.
+The job itself is :func:`carafe_exp.run_loop.run`, imported when a job starts so that ``--help``,
+``--cfg job`` and configuration errors answer without loading Lightning.
+
+Failures: bad input (``carafe_exp.errors.UserInputError`` anywhere in the cause chain) is one
+line on stderr and exit status 2; anything else keeps its traceback. Either way the job's
+directory gets a ``metrics.json`` with ``"status": "failed"`` and the reason. In a sweep a
+failed job does not stop the others; at the end the entry point says how many failed and where
+and exits with status 1.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import os
 import sys
 import time
+import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
 import hydra
-import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from carafe_exp.callbacks import ThroughputTimer
-from carafe_exp.errors import ConfigError, UserInputError
+from carafe_exp import saved_runs, sweep_report
+from carafe_exp.errors import UserInputError
 from carafe_exp.paths import config_dir
-from carafe_exp.run_record import METRICS_FILE, build_record, write_json_atomic
+from carafe_exp.preflight import check_config
+from carafe_exp.run_record import STATUS_FAILED, build_record, write_record
+from carafe_exp.sweep_dirname import SWEPT_KEYS_ENV, short_dirname, swept_keys_of
 
 log = logging.getLogger("carafe_exp")
 
-SWEEP_DIRNAME_LIMIT = 120
+__all__ = ["find_user_error", "main", "one_line", "short_dirname"]
 
-
-def short_dirname(overrides: str, limit: int = SWEEP_DIRNAME_LIMIT) -> str:
-    """A sweep job's directory name from its overrides: no slashes, at most ``limit`` characters.
-
-    Long override lists are cut and given a hash of the whole, so names stay unique and valid
-    (file systems refuse names over 255 bytes; ``data.root=/a/b`` must not nest directories).
-    """
-    name = overrides.replace("/", "_") or "defaults"
-    if len(name) <= limit:
-        return name
-    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-    return f"{name[:limit - len(digest) - 1]}~{digest}"
-
-
-# Registered at import, so every process that runs a job (local, DDP worker, submitit) has it.
-OmegaConf.register_new_resolver("short_dirname", short_dirname, replace=True)
-
-
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """``last`` means this run dir's last.ckpt; a run directory means its checkpoints/last.ckpt."""
-    if ckpt_path in (None, "", "null"):
-        return None
-    if ckpt_path == "last":
-        candidate = output_dir / "checkpoints" / "last.ckpt"
-        if not candidate.is_file():
-            raise ConfigError(
-                f"ckpt_path=last: no checkpoint at {candidate}; resume a run by giving its directory, "
-                f"e.g. hydra.run.dir=<run dir> ckpt_path=last, or ckpt_path=<run dir or .ckpt file>")
-        return str(candidate)
-    path = Path(ckpt_path).expanduser()
-    if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt" if (path / "checkpoints").is_dir() else path / "last.ckpt"
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path}: no checkpoint file at {path}")
-    return str(path)
-
-
-def _is_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def _build_loggers(cfg: DictConfig) -> list[Any]:
-    loggers = []
-    for name, node in (cfg.get("logger") or {}).items():
-        if not isinstance(node, DictConfig) or "_target_" not in node:
-            continue
-        if name == "wandb":
-            node = _wandb_settings(node)
-        loggers.append(instantiate(node))
-    return loggers
-
-
-def _wandb_settings(node: DictConfig) -> DictConfig:
-    """Offline unless the user is logged in; one group per sweep (the sweep directory)."""
-    node = node.copy()
-    if node.get("offline") is None:
-        import wandb
-
-        node.offline = not bool(wandb.api.api_key)
-    if node.get("group") is None and _is_multirun():
-        hydra_cfg = HydraConfig.get()
-        node.group = Path(hydra_cfg.sweep.dir).name
-    return node
-
-
-def _finish_wandb(loggers: list[Any]) -> None:
-    if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
-        import wandb
-
-        wandb.finish()
-
-
-def _check_launch(cfg: DictConfig) -> None:
-    strategy = str(cfg.trainer.get("strategy", "auto"))
-    devices = cfg.trainer.get("devices", 1)
-    many = devices in ("auto", -1) or (isinstance(devices, int) and devices > 1) or not isinstance(devices, int)
-    launcher = HydraConfig.get().runtime.choices.get("hydra/launcher", "basic") if HydraConfig.initialized() else ""
-    if _is_multirun() and launcher == "basic" and strategy.startswith("ddp") and many:
-        raise ConfigError(
-            "a sweep with the basic launcher runs each job as one process and cannot start DDP workers; "
-            "run the jobs one by one, or sweep with hydra/launcher=submitit_slurm (one SLURM task per GPU)")
-
-
-def _adapt_trainer(cfg: DictConfig) -> None:
-    """SyncBatchNorm exists only for CUDA in torch's DDP: CPU processes keep per-process BatchNorm."""
-    import torch
-
-    accelerator = str(cfg.trainer.get("accelerator", "auto"))
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-    if cfg.trainer.get("sync_batchnorm") and on_cpu:
-        log.warning("trainer.sync_batchnorm needs CUDA devices; CPU processes keep per-process BatchNorm")
-        cfg.trainer.sync_batchnorm = False
-
-
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run one job described by ``cfg``; return its metrics.json record (rank 0 also writes it)."""
-    started = time.perf_counter()
-    output_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
-    _check_launch(cfg)
-    _adapt_trainer(cfg)
-    L.seed_everything(int(cfg.seed), workers=True)
-
-    datamodule = instantiate(cfg.data)
-    # Tasks without classes (inpainting) have data modules without ``num_classes``.
-    model_kwargs: dict[str, Any] = {}
-    if getattr(datamodule, "num_classes", None) is not None:
-        model_kwargs["num_classes"] = datamodule.num_classes
-    model = instantiate(cfg.model, upsampler=_plain(cfg.upsampler), downsampler=_plain(cfg.downsampler),
-                        _convert_="all", **model_kwargs)
-    module = instantiate(cfg.task.module, model=model, schedule=_plain(cfg.schedule), _convert_="all")
-
-    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()
-                 if isinstance(node, DictConfig) and "_target_" in node]
-    loggers = _build_loggers(cfg)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
-    results: list[dict[str, float]] = []
-    try:
-        if cfg.train:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        if cfg.test:
-            # After fit, evaluate the final weights (what the papers report); otherwise the checkpoint.
-            results = trainer.test(module, datamodule=datamodule, ckpt_path=None if cfg.train else ckpt_path)
-    finally:
-        _finish_wandb(loggers)
-
-    metrics = {key.removeprefix("test/"): value for row in results for key, value in row.items()
-               if key.startswith("test/")}
-    timer = next((cb for cb in trainer.callbacks if isinstance(cb, ThroughputTimer)), None)
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    record = build_record(task=str(cfg.task.name), overrides=overrides, metrics=metrics,
-                          config=OmegaConf.to_container(cfg, resolve=True),
-                          wall_time_s=time.perf_counter() - started,
-                          throughput=timer.summary() if timer else {})
-    if trainer.is_global_zero:
-        path = write_json_atomic(output_dir / METRICS_FILE, record)
-        log.info("metrics written to %s", path)
-        _print_metrics(record)
-    return record
+# Set by main() when the command inherits a saved run's overrides; logged once the job's logging is up.
+_inherited: saved_runs.InheritedRun | None = None
 
 
 def find_user_error(error: BaseException) -> UserInputError | None:
@@ -207,35 +73,98 @@ def one_line(error: BaseException) -> str:
     return last
 
 
-def _print_metrics(record: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
-    table = Table(title=f"{record['task']}: final metrics")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in record["metrics"].items():
-        table.add_row(key, f"{value:.2f}")
-    for key, value in record["throughput"].items():
-        table.add_row(key, f"{value:.1f}")
-    Console(stderr=False).print(table)
+
+def _is_rank_zero() -> bool:
+    # The ranks Lightning reads (torchelastic / SLURM / its own DDP launcher); no Lightning import.
+    for variable in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if variable in os.environ:
+            return int(os.environ[variable]) == 0 and int(os.environ.get("NODE_RANK", "0") or 0) == 0
+    return True
+
+
+def _failed_config(cfg: DictConfig) -> dict[str, Any]:
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an unresolvable value may be what failed; keep the config as written
+        config = OmegaConf.to_container(cfg, resolve=False)
+    return config if isinstance(config, dict) else {}
+
+
+def write_failure_record(cfg: DictConfig, reason: str, started: float) -> Path | None:
+    """The failed job's metrics.json (status, one-line reason, overrides, config); None when it cannot be written."""
+    if not (HydraConfig.initialized() and _is_rank_zero()):
+        return None
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    task = OmegaConf.select(cfg, "task.name", default=None, throw_on_resolution_failure=False)
+    record = build_record(task=str(task), overrides=list(HydraConfig.get().overrides.task), metrics={},
+                          config=_failed_config(cfg), wall_time_s=time.perf_counter() - started, throughput={},
+                          status=STATUS_FAILED, error=reason)
+    try:
+        return write_record(output_dir, record)
+    except OSError as error:
+        log.error("could not write the failure record in %s: %s", output_dir, error)
+        return None
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _hydra_entry(cfg: DictConfig) -> None:
+    started = time.perf_counter()
+    if _inherited is not None:
+        log.info(_inherited.describe())
     try:
+        # Configuration errors answer before Lightning is even imported.
+        check_config(cfg)
+        from carafe_exp.run_loop import run
+
         run(cfg)
     except Exception as error:
         user_error = find_user_error(error)
+        reason = one_line(user_error if user_error is not None else error)
+        if user_error is None:
+            reason = f"{type(error).__name__}: {reason}"
+        record = write_failure_record(cfg, reason, started)
+        if _is_multirun():
+            # The sweep goes on; the traceback of an unexpected error stays in the job's log file.
+            if user_error is None:
+                log.error("job failed:\n%s", "".join(traceback.format_exception(error)))
+            where = f" (record: {record})" if record else ""
+            print(f"carafe-exp: error: job {HydraConfig.get().job.num} failed: {reason}{where}", file=sys.stderr)
+            return
         if user_error is None:
             raise
-        print(f"carafe-exp: error: {one_line(user_error)}", file=sys.stderr)
+        print(f"carafe-exp: error: {reason}", file=sys.stderr)
         sys.exit(2)
+
+
+class _DropLightningTips(logging.Filter):
+    """Lightning advertises a cloud service on every run; that is not this program's output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("💡 Tip")
+
+
+def _quiet_third_party_noise() -> None:
+    # Lightning's pytree helper trips torch's deprecation of LeafSpec checks on every run.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropLightningTips())
 
 
 def main() -> None:
     """Console-script entry point (``carafe-exp``)."""
+    global _inherited
+    argv, _inherited = saved_runs.with_saved_overrides(sys.argv[1:])
+    sys.argv[1:] = argv  # DDP workers re-run this command line, so they see the same overrides
+    if any(token in ("-m", "--multirun") for token in argv):
+        os.environ[SWEPT_KEYS_ENV] = ",".join(swept_keys_of([argv[i] for i in saved_runs.override_positions(argv)]))
+    _quiet_third_party_noise()
     _hydra_entry()
+    outcome = sweep_report.last_outcome()
+    if outcome is not None and outcome.failed:
+        print(f"carafe-exp: error: {outcome.message()}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,15 @@
-"""The record of one run, ``metrics.json``: what ran, what it measured, with which versions.
+"""The record of one run, ``metrics.json``: what ran, on what, what it measured, and whether it finished.
+
+Shape (DESIGN.md): ``{"task", "overrides", "metrics", "config", "versions", "wall_time_s",
+"throughput", "status", "device", ...}``. ``status`` is ``"completed"`` or ``"failed"``; a failed
+run also carries ``"error"``, its one-line reason, so a sweep's failed jobs leave a record that
+``carafe-tables`` shows as a hole.
 
 Written atomically (a temporary file in the same directory, then ``os.replace``) so a reader
-such as ``carafe-tables`` never sees half a file, even if the run is killed while writing.
+never sees half a file, even if the run is killed while writing, and with the mode of the
+other outputs (0644 under the usual umask). A run that writes into a directory which already holds a ``metrics.json`` (a
+resumed or re-evaluated run) first moves the old one aside as ``metrics.attempt<N>.json``:
+only ``metrics.json`` is the result, and no attempt is lost.
 """
 
 from __future__ import annotations
@@ -9,37 +17,107 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
+import subprocess
+import sys
 import tempfile
 from collections.abc import Mapping
+from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import carafe_exp
+
 METRICS_FILE = "metrics.json"
+STATUS_COMPLETED = "completed"
+STATUS_FAILED = "failed"
+_ATTEMPT = re.compile(r"^metrics\.attempt(\d+)\.json$")
 
 
-def library_versions() -> dict[str, str | None]:
-    """Versions of the libraries that decide a run's numbers."""
-    import hydra
-    import lightning
-    import torch
-    import torchvision
+def _distribution_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
-    import carafe_exp
 
+@lru_cache(maxsize=1)
+def git_state() -> dict[str, Any]:
+    """``{"commit", "dirty"}`` of the source checkout the package runs from; nulls outside git.
+
+    The package must itself be tracked by the repository: an installed copy inside some other
+    repository's tree (a virtual environment in a checkout) is not that repository's code.
+    """
+    package_dir = Path(__file__).resolve().parent
+    unknown: dict[str, Any] = {"commit": None, "dirty": None}
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(package_dir), *args], capture_output=True, text=True,
+                                  timeout=20, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    if git("ls-files", "--error-unmatch", Path(__file__).name) is None:
+        return unknown
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain")
+    if commit is None:
+        return unknown
+    return {"commit": commit.strip(), "dirty": None if status is None else bool(status.strip())}
+
+
+def library_versions() -> dict[str, Any]:
+    """Versions of the code and libraries that decide a run's numbers, with the git commit of this code."""
+    torch = sys.modules.get("torch")
+    git = git_state()
     return {
         "carafe_exp": carafe_exp.__version__,
+        "git_commit": git["commit"],
+        "git_dirty": git["dirty"],
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "lightning": lightning.__version__,
-        "hydra": hydra.__version__,
-        "cuda": torch.version.cuda,
+        "torch": _distribution_version("torch"),
+        "torchvision": _distribution_version("torchvision"),
+        "lightning": _distribution_version("lightning"),
+        "hydra": _distribution_version("hydra-core"),
+        "cuda": getattr(getattr(torch, "version", None), "cuda", None) if torch is not None else None,
         "platform": platform.platform(),
     }
 
 
-def write_json_atomic(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> Path:
-    """Write ``payload`` as JSON to ``path`` atomically."""
+def cpu_name() -> str:
+    """The CPU model as the kernel reports it (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def device_description(accelerator: str, count: int) -> dict[str, Any]:
+    """``{"accelerator", "name", "count"}``: the kind of device a run used, its model name, how many."""
+    accelerator = "cuda" if accelerator in ("gpu", "cuda") else accelerator
+    name = cpu_name()
+    if accelerator == "cuda":
+        import torch
+
+        name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CUDA device (none visible)"
+    return {"accelerator": accelerator, "name": name, "count": int(count)}
+
+
+def default_file_mode() -> int:
+    """The mode ``open()`` gives a new file in this process: 0666 less the umask (0644 under the usual 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def write_json_atomic(path: str | os.PathLike[str], payload: Mapping[str, Any], mode: int | None = None) -> Path:
+    """Write ``payload`` as JSON to ``path`` atomically, with ``mode`` (default: that of any new file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -49,6 +127,8 @@ def write_json_atomic(path: str | os.PathLike[str], payload: Mapping[str, Any]) 
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp creates 0600 files; the record is an output like any other.
+        os.chmod(tmp, default_file_mode() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -57,18 +137,46 @@ def write_json_atomic(path: str | os.PathLike[str], payload: Mapping[str, Any]) 
     return path
 
 
+def previous_attempts(output_dir: str | os.PathLike[str]) -> list[Path]:
+    """The ``metrics.attempt<N>.json`` files of a run directory, oldest first."""
+    found = [(int(match.group(1)), p) for p in Path(output_dir).glob("metrics.attempt*.json")
+             if (match := _ATTEMPT.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def write_record(output_dir: str | os.PathLike[str], record: Mapping[str, Any]) -> Path:
+    """Write ``record`` as the run's metrics.json; an existing one is kept as ``metrics.attempt<N>.json``."""
+    output_dir = Path(output_dir)
+    current = output_dir / METRICS_FILE
+    if current.exists():
+        attempts = previous_attempts(output_dir)
+        number = int(_ATTEMPT.match(attempts[-1].name).group(1)) + 1 if attempts else 1  # type: ignore[union-attr]
+        os.replace(current, output_dir / f"metrics.attempt{number}.json")
+    return write_json_atomic(current, record)
+
+
 def build_record(*, task: str, overrides: list[str], metrics: Mapping[str, float], config: Mapping[str, Any],
-                 wall_time_s: float, throughput: Mapping[str, float]) -> dict[str, Any]:
-    """The metrics.json payload in the shape DESIGN.md fixes."""
-    return {
+                 wall_time_s: float, throughput: Mapping[str, float], status: str = STATUS_COMPLETED,
+                 error: str | None = None, device: Mapping[str, Any] | None = None,
+                 **extra: Any) -> dict[str, Any]:
+    """The metrics.json payload in the shape DESIGN.md fixes; ``extra`` adds optional fields (checkpoint, wandb)."""
+    if status not in (STATUS_COMPLETED, STATUS_FAILED):
+        raise ValueError(f"status must be {STATUS_COMPLETED!r} or {STATUS_FAILED!r}, got {status!r}")
+    record: dict[str, Any] = {
         "task": task,
+        "status": status,
         "overrides": list(overrides),
         "metrics": {k: float(v) for k, v in metrics.items()},
         "config": dict(config),
         "versions": library_versions(),
+        "device": dict(device) if device is not None else None,
         "wall_time_s": float(wall_time_s),
         "throughput": {k: float(v) for k, v in throughput.items()},
     }
+    if status == STATUS_FAILED:
+        record["error"] = error or "unknown error"
+    record.update({k: v for k, v in extra.items() if v is not None})
+    return record
 
 
 def read_record(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -79,8 +79,9 @@ def test_ddp_two_cpu_processes_train_and_evaluate_like_one(cli_env: dict[str, st
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
 
     one, two = tmp_path / "eval1", tmp_path / "eval2"
+    # The checkpoint's run directory gives its config (trainer=ddp included); one process is asked for.
     evaluate = [*TINY_CLASSIFICATION, "logger=none", "train=false", f"ckpt_path={checkpoint}"]
-    run_cli([*evaluate, f"hydra.run.dir={one}"], cli_env)
+    run_cli([*evaluate, "trainer=cpu", f"hydra.run.dir={one}"], cli_env)
     run_cli([*evaluate, *DDP, f"hydra.run.dir={two}"], cli_env, timeout=900)
     metrics_one = json.loads((one / "metrics.json").read_text())["metrics"]
     metrics_two = json.loads((two / "metrics.json").read_text())["metrics"]

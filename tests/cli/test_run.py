@@ -14,8 +14,9 @@ def test_fast_dev_run_writes_complete_metrics_json(cli_env: dict[str, str], tmp_
     run_dir = tmp_path / "run"
     result = run_cli([*TINY_CLASSIFICATION, "trainer.fast_dev_run=true", f"hydra.run.dir={run_dir}"], cli_env)
     record = json.loads((run_dir / "metrics.json").read_text())
-    assert set(record) == {"task", "overrides", "metrics", "config", "versions", "wall_time_s", "throughput"}
-    assert record["task"] == "classification"
+    assert {"task", "overrides", "metrics", "config", "versions", "wall_time_s", "throughput", "status",
+            "device"} <= set(record)
+    assert record["task"] == "classification" and record["status"] == "completed" and "error" not in record
     assert "model.backbone.depth=18" in record["overrides"]
     assert 0.0 <= record["metrics"]["top1"] <= 100.0
     assert record["metrics"]["top1"] <= record["metrics"]["top5"] <= 100.0
@@ -26,6 +27,7 @@ def test_fast_dev_run_writes_complete_metrics_json(cli_env: dict[str, str], tmp_
     assert record["throughput"]["train_images_per_s"] > 0
     assert "top1" in result.stdout  # the final table is printed
     assert not list(run_dir.glob(".metrics.json.*"))  # no leftover temporary file
+    assert not list(run_dir.rglob("*.ckpt"))  # fast_dev_run writes no checkpoint
 
 
 def test_accuracy_is_learned_on_the_sample(cli_env: dict[str, str], tmp_path: Path) -> None:
@@ -47,17 +49,31 @@ def test_two_job_multirun_writes_two_records(cli_env: dict[str, str], tmp_path: 
     seeds = sorted(json.loads(p.read_text())["config"]["seed"] for p in records)
     assert seeds == [1, 2]
     names = sorted(p.parent.name for p in records)
-    assert names[0].startswith("0_") and names[1].startswith("1_")
+    # The swept key comes first although a dozen fixed overrides sort before it (issue: every
+    # directory of a 10-upsampler sweep read "N_model.sites...,~<hash>").
+    assert names[0].startswith("0_seed=1,") and names[1].startswith("1_seed=2,"), names
     assert all(len(name) <= 125 and "/" not in name for name in names)  # long override lists are cut
 
 
 def test_sweep_dirnames_are_short_unique_and_flat() -> None:
-    from carafe_exp.cli import short_dirname
+    from carafe_exp.sweep_dirname import short_dirname
 
     assert short_dirname("seed=1") == "seed=1"
     assert short_dirname("data.root=/data/coco,seed=1") == "data.root=_data_coco,seed=1"
     long_a, long_b = "x" * 300 + ",seed=1", "x" * 300 + ",seed=2"
     assert len(short_dirname(long_a)) == 120 and short_dirname(long_a) != short_dirname(long_b)
+
+
+def test_job_dirname_puts_swept_keys_first_and_drops_fixed_ones_that_do_not_fit() -> None:
+    from carafe_exp.sweep_dirname import job_dirname
+
+    fixed = ["model.sites.mask_head=True", "data.root=/data/coco", "trainer=ddp", "schedule=1x"]
+    name = job_dirname([*fixed, "upsampler=carafe", "upsampler.k_up=5"], ["upsampler", "upsampler.k_up"])
+    assert name.startswith("upsampler=carafe,upsampler.k_up=5,") and "data.root=_data_coco" in name
+    many = [f"key{i:02d}.setting=value{i:02d}" for i in range(20)]
+    name = job_dirname([*many, "+row=carafe/table6/pfu"], ["row"], limit=60)
+    assert name.startswith("+row=carafe_table6_pfu,") and len(name) <= 60
+    assert job_dirname(["a=1", "ckpt_path=x"], ["a"], exclude_keys=["ckpt_path"]) == "a=1"
 
 
 def test_unknown_option_lists_available(cli_env: dict[str, str]) -> None:
@@ -69,7 +85,8 @@ def test_unknown_option_lists_available(cli_env: dict[str, str]) -> None:
 
 def test_missing_data_root_is_one_line(cli_env: dict[str, str], tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
-    result = run_cli(["data=imagenet", f"data.root={missing}", f"hydra.run.dir={tmp_path / 'run'}"], cli_env,
+    result = run_cli(["task=classification", "data=imagenet", f"data.root={missing}",
+                      f"hydra.run.dir={tmp_path / 'run'}"], cli_env,
                      check=False)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
@@ -80,7 +97,8 @@ def test_missing_data_root_is_one_line(cli_env: dict[str, str], tmp_path: Path) 
 def test_malformed_data_root_names_the_dir(cli_env: dict[str, str], tmp_path: Path) -> None:
     root = tmp_path / "imagenet"
     (root / "train" / "cat").mkdir(parents=True)
-    result = run_cli(["data=imagenet", f"data.root={root}", f"hydra.run.dir={tmp_path / 'run'}"], cli_env,
+    result = run_cli(["task=classification", "data=imagenet", f"data.root={root}",
+                      f"hydra.run.dir={tmp_path / 'run'}"], cli_env,
                      check=False)
     assert result.returncode == 2
     assert f"data.root={root} has no val/ directory" in result.stderr

@@ -14,6 +14,9 @@ from typing import Any, TypeVar
 
 from torch import nn
 
+from carafe_exp.errors import ConfigError
+from carafe_exp.resample.checks import ResamplerArgumentError
+
 ModuleClass = TypeVar("ModuleClass", bound=type[nn.Module])
 
 UPSAMPLERS: dict[str, type[nn.Module]] = {}
@@ -52,7 +55,7 @@ def split_spec(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     if isinstance(spec, Mapping):
         params = {str(k): v for k, v in spec.items()}
         if "name" not in params:
-            raise ValueError(f"resampler config needs a 'name' key, got keys {sorted(params)}")
+            raise ConfigError(f"resampler config needs a 'name' key, got keys {sorted(params)}")
         name = params.pop("name")
         params.pop("_target_", None)
         return str(name), params
@@ -64,7 +67,7 @@ def _build(table: dict[str, type[nn.Module]], kind: str, spec: str | Mapping[str
     name, params = split_spec(spec)
     params.update(overrides)
     if name not in table:
-        raise ValueError(f"unknown {kind} {name!r}; available: {', '.join(sorted(table))}")
+        raise ConfigError(f"unknown {kind} {name!r}; available: {', '.join(sorted(table))}")
     if not isinstance(channels, int) or channels < 1:
         raise ValueError(f"{kind} {name!r}: channels must be a positive int, got {channels!r}")
     if not isinstance(scale, int) or scale < 1:
@@ -76,8 +79,17 @@ def _build(table: dict[str, type[nn.Module]], kind: str, spec: str | Mapping[str
         accepted = [p for p in signature.parameters if p not in ("self", "channels", "scale")]
         unknown = sorted(set(params) - set(accepted))
         if unknown:
-            raise ValueError(f"{kind} {name!r} got unknown parameter(s) {unknown}; it accepts {accepted}")
-    return cls(channels, scale, **params)
+            raise ConfigError(f"{kind} {name!r} got unknown parameter(s) {unknown}; it accepts {accepted}")
+    try:
+        return cls(channels, scale, **params)
+    except ResamplerArgumentError as error:
+        # Name the key as the command line writes it (upsampler.k_up=4), not the module's own words.
+        raise ConfigError(f"{kind}.{error.argument}={error.value!r} is not valid for {kind}={name}: it "
+                          f"{error.requirement}") from error
+    except ValueError as error:
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"{kind}={name} with {params}: {error}") from error
 
 
 def build_upsampler(spec: str | Mapping[str, Any], channels: int, scale: int, **overrides: Any) -> nn.Module:

@@ -51,6 +51,14 @@ class CarafeUpsample(nn.Module):
         kernels = self.kernel_predictor(x)
         return ops.carafe(x, kernels, self.kernel_size, self.scale, groups=self.groups, backend=self.backend)
 
+    def reassemble(self, features: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+        """Apply kernels from ``kernel_predictor`` (of another input) to ``features``; ``forward`` = both.
+
+        Lets a model carry something beside the features through the same kernels (partial
+        convolution's mask, CARAFE §4.3).
+        """
+        return ops.carafe(features, kernels, self.kernel_size, self.scale, groups=self.groups, backend=self.backend)
+
 
 @register_downsampler("carafe")
 class CarafeDownsample(nn.Module):
@@ -88,3 +96,8 @@ class CarafeDownsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernels = self.kernel_predictor(x)
         return ops.carafe_down(x, kernels, self.kernel_size, self.scale, groups=self.groups, backend=self.backend)
+
+    def reassemble(self, features: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+        """Apply kernels from ``kernel_predictor`` (of another input) to ``features``; ``forward`` = both."""
+        return ops.carafe_down(features, kernels, self.kernel_size, self.scale, groups=self.groups,
+                               backend=self.backend)

@@ -8,10 +8,15 @@ pixels with a few ground-truth boxes; inference is the eval-mode forward (resize
 post-processing). The paper reports CARAFE in the FPN at +2.4% of Faster R-CNN's time on a GPU;
 the target here is at most 10% of training throughput on CPU at 512-pixel images.
 
+Then, unless ``--upernet-size 0``, the UperNet case (CARAFE Tables 5-6): UperNet R-50 trained on
+``--upernet-size``² images with CARAFE at the PPM, FPN and FUSE sites against bilinear (UperNet's
+own operator), reporting the share of the training step its 10 upsamplers take; JSON as
+``upernet_<device>_<size>px_<date>.json``.
+
 Prints a table and writes JSON (machine described) into benchmarks/results/.
 
     python benchmarks/bench_models.py [--size 512] [--batch 1] [--rounds 3] [--upsamplers nearest,carafe]
-                                      [--device cpu|cuda] [--quick] [--out FILE]
+                                      [--device cpu|cuda] [--quick] [--out FILE] [--upernet-size 512]
 """
 
 from __future__ import annotations
@@ -32,11 +37,15 @@ from machine import describe_machine  # benchmarks/machine.py, beside this scrip
 REPO = Path(__file__).resolve().parents[1]
 try:
     from carafe_exp.models.rcnn import build_faster_rcnn
+    from carafe_exp.models.upernet import build_upernet
     from carafe_exp.resample import UPSAMPLERS
+    from carafe_exp.tasks.segmentation import segmentation_loss
 except ImportError:  # a bare checkout without `pip install`: use the source tree
     sys.path.insert(0, str(REPO / "src"))
     from carafe_exp.models.rcnn import build_faster_rcnn
+    from carafe_exp.models.upernet import build_upernet
     from carafe_exp.resample import UPSAMPLERS
+    from carafe_exp.tasks.segmentation import segmentation_loss
 
 BASELINE = "nearest"
 TARGET_UPSAMPLER = "carafe"
@@ -127,6 +136,111 @@ class Variant:
         return time.perf_counter() - start
 
 
+class UperNetVariant:
+    """UperNet R-50 (paper width) with ``upsampler`` at the PPM, FPN and FUSE sites; bilinear is UperNet itself."""
+
+    def __init__(self, upsampler: str, num_classes: int, device: torch.device) -> None:
+        torch.manual_seed(0)
+        self.name = upsampler
+        self.model = build_upernet(num_classes, upsampler=upsampler,
+                                   sites={"ppm": True, "fpn": True, "fuse": True}).to(device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.9)
+        self.upsamplers = self.model.decode_head.resamplers()
+        self.upsampler_params = sum(p.numel() for m in self.upsamplers for p in m.parameters())
+        self.upsampler_inputs: list[torch.Tensor] = []
+        self.train_s: list[float] = []
+        self.upsample_s: list[float] = []
+
+    def record_upsampler_inputs(self, images: torch.Tensor) -> None:
+        """One forward with hooks: the exact input of every upsampler module at this image size."""
+        inputs: dict[int, torch.Tensor] = {}
+        hooks = [m.register_forward_pre_hook(lambda module, args: inputs.__setitem__(id(module), args[0].detach()))
+                 for m in self.upsamplers]
+        with torch.no_grad():
+            self.model(images)
+        for hook in hooks:
+            hook.remove()
+        self.upsampler_inputs = [inputs[id(m)].clone() for m in self.upsamplers]
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> float:
+        self.model.train()
+        synchronize(device)
+        start = time.perf_counter()
+        loss = segmentation_loss(self.model(images)["out"], labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        synchronize(device)
+        return time.perf_counter() - start
+
+    def upsample_step(self, device: torch.device) -> float:
+        """Forward + backward of the decoder's upsamplers alone, on their recorded inputs."""
+        inputs = [x.clone().requires_grad_(True) for x in self.upsampler_inputs]
+        synchronize(device)
+        start = time.perf_counter()
+        total = sum(m(x).sum() for m, x in zip(self.upsamplers, inputs))
+        if isinstance(total, torch.Tensor):
+            total.backward()
+        synchronize(device)
+        for m in self.upsamplers:
+            m.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+
+def bench_upernet(size: int, batch: int, rounds: int, device: torch.device, machine: dict, quick: bool) -> Path:
+    """UperNet R-50 training step with CARAFE at the PPM/FPN/FUSE sites vs bilinear (CARAFE Tables 5-6).
+
+    Reports the share of a CARAFE training step spent in its 10 upsamplers (4 PPM, 3 FPN, 3 FUSE at
+    512/1024/1536 channels) and the training throughput lost against UperNet's bilinear resize.
+    """
+    num_classes = 150
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, size, size, generator=generator).to(device)
+    labels = torch.randint(0, num_classes, (batch, size, size), generator=generator).to(device)
+    variants = [UperNetVariant(name, num_classes, device) for name in ("bilinear", "carafe")]
+    for variant in variants:
+        variant.record_upsampler_inputs(images)
+        variant.train_step(images, labels, device)  # warm-up
+    for round_index in range(rounds):
+        for variant in variants[round_index % 2:] + variants[:round_index % 2]:
+            variant.train_s.append(variant.train_step(images, labels, device))
+            variant.upsample_s.append(variant.upsample_step(device))
+        print(f"upernet round {round_index + 1}/{rounds} done", file=sys.stderr, flush=True)
+    base, carafe = variants
+    step_carafe, step_base = min(carafe.train_s), min(base.train_s)
+    result = {
+        "benchmark": "UperNet R-50 (512 channels, 150 classes): CARAFE at PPM, FPN and FUSE vs bilinear",
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine,
+        "settings": {"image_size": size, "batch": batch, "rounds": rounds},
+        "methods": {
+            "train_step": "forward + NLL at 1/4 resolution + backward + SGD step, fastest round after a warm-up; "
+                          "the two variants interleaved, alternating order",
+            "upsamplers": "forward + backward of the 10 upsampler modules alone on the inputs they saw in a "
+                          "forward pass of this image size, fastest round",
+        },
+        "results": [{"upsampler": v.name, "upsampler_modules": len(v.upsamplers),
+                     "upsampler_params": v.upsampler_params, "train_step_s": min(v.train_s),
+                     "train_images_per_s": batch / min(v.train_s), "train_step_s_all": v.train_s,
+                     "upsamplers_fwd_bwd_s": min(v.upsample_s) if v.upsamplers else 0.0} for v in variants],
+        "carafe_upsamplers_share_of_carafe_train_step": min(carafe.upsample_s) / step_carafe,
+        "carafe_train_overhead_vs_bilinear": 1.0 - step_base / step_carafe,
+    }
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d")
+    out = REPO / "benchmarks" / "results" / f"upernet_{device.type}_{size}px{'_quick' if quick else ''}_{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    for row in result["results"]:
+        print(f"UperNet {row['upsampler']:<9} {row['upsampler_modules']:>3} upsamplers "
+              f"{row['upsampler_params']:>9} params  train {row['train_images_per_s']:.3f} img/s  "
+              f"upsamplers f+b {row['upsamplers_fwd_bwd_s']:.3f} s")
+    print(f"UperNet: CARAFE's upsamplers take {result['carafe_upsamplers_share_of_carafe_train_step'] * 100:.1f}% of "
+          f"its training step; CARAFE costs {result['carafe_train_overhead_vs_bilinear'] * 100:+.1f}% of bilinear's "
+          f"training throughput")
+    print(f"results written to {out}")
+    return out
+
+
 def format_table(rows: list[dict]) -> str:
     header = (f"{'upsampler':<18}{'params':>10}{'train img/s':>14}{'vs nearest':>12}{'infer img/s':>14}"
               f"{'vs nearest':>12}{'ups. f+b s':>12}")
@@ -148,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="128-px images, one round: a smoke test")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--upernet-size", type=int, default=512, help="UperNet case: square image side (0: skip it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.quick:
@@ -241,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
               f"throughput; its upsamplers take {report['target']['upsampler_share_of_train_step'] * 100:.1f}% of "
               f"a nearest training step (at most {TARGET_MAX_TRAIN_OVERHEAD * 100:.0f}%): {verdict}")
     print(f"results written to {out}")
+    if args.upernet_size:
+        bench_upernet(128 if args.quick else args.upernet_size, args.batch, args.rounds, device, machine, args.quick)
     return 0
 
 

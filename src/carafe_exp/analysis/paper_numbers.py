@@ -1,21 +1,151 @@
-"""The complexity numbers the CARAFE paper reports, as printed (CARAFE ICCV 2019, Table 2).
+"""The papers' tables, read from the one data file ``paper_tables.yaml`` shipped in this package.
 
-FLOPs are per pixel of the upsampler's input for a ×2 upsampling of a 256-channel map, with a
-multiply-add counted as 2 FLOPs and biases counted (the paper's ref. [25]); "M" and "k" are 10⁶
-and 10³ as in the paper. The text is kept verbatim so comparisons use the paper's own precision.
+    from carafe_exp.analysis.paper_numbers import paper_table, paper_tables
+    table = paper_table("carafe_pp/table3")
+    table.rows[0].label, table.rows[0].value("bbox/AP")      # "Conv", 36.5
+
+Every table of CARAFE (ICCV 2019, Tables 1-10) and CARAFE++ (TPAMI, Tables I-XIV) is there
+with its rows in the paper's order, the printed numbers, the sweep values (``job``) that produce
+each row and, for the tables whose check marks were lost in extraction, which rows are certain.
+The file's header describes its fields.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
 
+import yaml
+
+from carafe_exp.errors import ConfigError
+
+DATA_FILE = "paper_tables.yaml"
+# Columns that are not run metrics: the module's cost at C=256, x2, measured on our modules.
+COMPLEXITY_COLUMNS = ("FLOPs", "Params")
 TABLE2_CHANNELS = 256
 TABLE2_SCALE = 2
 
 
+def format_override_value(value: Any) -> str:
+    """A job value as Hydra's override grammar writes it (``null``, ``true``, ``16``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """One printed row: its label, numbers, and the sweep values that produce it."""
+
+    label: str
+    values: Mapping[str, float | str | None]
+    job: Mapping[str, Any] | None = None
+    reference: bool = False
+    source: str | None = None
+    certain: bool | None = None
+    evidence: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The row's name: its job as overrides (``upsampler=carafe``), or ``reference:<label>``."""
+        return ",".join(self.job_overrides()) if self.job is not None else f"reference:{self.label}"
+
+    def job_overrides(self) -> list[str]:
+        """The row's job as Hydra overrides, e.g. ``["+row=carafe/table6/p"]``."""
+        return [f"{k}={format_override_value(v)}" for k, v in (self.job or {}).items()]
+
+    def value(self, column: str) -> float | str | None:
+        return self.values.get(column)
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    """One table of one paper, as printed."""
+
+    id: str
+    paper: str
+    paper_title: str
+    venue: str
+    number: str
+    title: str
+    task: str
+    columns: tuple[str, ...]
+    rows: tuple[PaperRow, ...]
+    needs: str = ""
+    notes: tuple[str, ...] = ()
+    same_as: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """``CARAFE Table 2`` / ``CARAFE++ Table III``."""
+        return f"{'CARAFE++' if self.paper == 'carafe_pp' else 'CARAFE'} Table {self.number}"
+
+    @property
+    def experiment(self) -> str:
+        """The experiment config that regenerates it (``carafe-exp -m experiment=<this>``)."""
+        return self.id
+
+    @property
+    def run_rows(self) -> tuple[PaperRow, ...]:
+        """Rows produced by a job of the sweep (quoted reference rows left out)."""
+        return tuple(r for r in self.rows if not r.reference)
+
+    def metric_columns(self) -> tuple[str, ...]:
+        """Columns read from the runs' metrics (not the complexity columns)."""
+        return tuple(c for c in self.columns if c not in COMPLEXITY_COLUMNS)
+
+
+def _parse_row(table_id: str, columns: tuple[str, ...], raw: Mapping[str, Any]) -> PaperRow:
+    values = raw.get("values")
+    if not isinstance(values, list) or len(values) != len(columns):
+        raise ConfigError(f"{DATA_FILE}: {table_id} row {raw.get('label')!r} has {len(values or [])} values for "
+                          f"{len(columns)} columns {list(columns)}")
+    reference = bool(raw.get("reference", False))
+    job = raw.get("job")
+    if reference == (job is not None):
+        raise ConfigError(f"{DATA_FILE}: {table_id} row {raw.get('label')!r} needs either a job or reference: true")
+    return PaperRow(label=str(raw["label"]), values=dict(zip(columns, values)),
+                    job=dict(job) if job is not None else None, reference=reference, source=raw.get("source"),
+                    certain=raw.get("certain"), evidence=raw.get("evidence"))
+
+
+def _parse_table(table_id: str, raw: Mapping[str, Any], papers: Mapping[str, Any]) -> PaperTable:
+    columns = tuple(raw["columns"])
+    paper = papers[raw["paper"]]
+    known = {"paper", "number", "title", "task", "columns", "rows", "needs", "notes", "same_as"}
+    return PaperTable(
+        id=table_id, paper=raw["paper"], paper_title=paper["title"], venue=paper["venue"], number=str(raw["number"]),
+        title=str(raw["title"]), task=str(raw["task"]), columns=columns,
+        rows=tuple(_parse_row(table_id, columns, row) for row in raw["rows"]),
+        needs=" ".join(str(raw.get("needs", "")).split()), notes=tuple(" ".join(n.split()) for n in raw.get("notes", [])),
+        same_as=raw.get("same_as"), extra={k: v for k, v in raw.items() if k not in known})
+
+
+@functools.cache
+def paper_tables() -> dict[str, PaperTable]:
+    """Every table of both papers, keyed by id (``carafe/table2``, ``carafe_pp/table3``), in paper order."""
+    text = resources.files("carafe_exp.analysis").joinpath(DATA_FILE).read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    return {table_id: _parse_table(table_id, raw, data["papers"]) for table_id, raw in data["tables"].items()}
+
+
+def paper_table(table_id: str) -> PaperTable:
+    """The table ``table_id``; a ConfigError naming the known ids otherwise."""
+    tables = paper_tables()
+    if table_id not in tables:
+        raise ConfigError(f"unknown paper table {table_id!r}; known: {', '.join(tables)}")
+    return tables[table_id]
+
+
 @dataclass(frozen=True)
 class PaperCost:
-    """One row of CARAFE Table 2's FLOPs and Params columns."""
+    """One row of CARAFE Table 2's FLOPs and Params columns (as printed: "4.7M", "590k")."""
 
     label: str
     registry_key: str
@@ -23,64 +153,18 @@ class PaperCost:
     params: str
 
 
-TABLE2: tuple[PaperCost, ...] = (
-    PaperCost("Nearest", "nearest", "0", "0"),
-    PaperCost("Bilinear", "bilinear", "8k", "0"),
-    PaperCost("N.C.", "nearest_conv", "4.7M", "590k"),
-    PaperCost("B.C.", "bilinear_conv", "4.7M", "590k"),
-    PaperCost("Deconv", "deconv", "1.2M", "590k"),
-    PaperCost("P.S.", "pixel_shuffle", "4.7M", "2.4M"),
-    PaperCost("GUM", "gum", "1.1M", "132k"),
-    PaperCost("S.A.", "spatial_attention", "28k", "2.3k"),
-    PaperCost("CARAFE", "carafe", "199k", "74k"),
-)
+def _table2_costs() -> tuple[PaperCost, ...]:
+    table = paper_table("carafe/table2")
+    return tuple(PaperCost(row.label, str(row.job["upsampler"]), str(row.value("FLOPs")), str(row.value("Params")))
+                 for row in table.run_rows)
+
+
+# CARAFE Table 2's complexity columns: FLOPs per input pixel of a x2 upsampling of a 256-channel
+# map (a multiply-add is 2 FLOPs, biases counted: the paper's ref. [25]) and parameters.
+TABLE2: tuple[PaperCost, ...] = _table2_costs()
 
 # The CARAFE intro quotes two of these numbers more precisely ("H*W*199k FLOPs vs H*W*1180k of deconvolution").
 INTRO_FLOPS = {"carafe": "199k", "deconv": "1180k"}
 
-
-@dataclass(frozen=True)
-class PaperTable:
-    """Results of one paper table: rows keyed by a config value (``match`` is a dotted config path)."""
-
-    title: str
-    match: str
-    metrics: tuple[str, ...]
-    rows: dict[str, tuple[float, ...]]
-
-
-# CARAFE (ICCV 2019) Table 2: Faster R-CNN R50-FPN 1x on COCO val2017, upsampler in the FPN.
-CARAFE_TABLE2 = PaperTable(
-    title="CARAFE Table 2: Faster R-CNN, upsamplers in FPN (COCO val2017)",
-    match="upsampler.name",
-    metrics=("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl"),
-    rows={
-        "nearest": (36.5, 58.4, 39.3, 21.3, 40.3, 47.2),
-        "bilinear": (36.7, 58.7, 39.7, 21.0, 40.5, 47.5),
-        "nearest_conv": (36.6, 58.6, 39.5, 21.4, 40.3, 46.4),
-        "bilinear_conv": (36.6, 58.7, 39.4, 21.6, 40.6, 46.8),
-        "deconv": (36.4, 58.2, 39.2, 21.3, 39.9, 46.5),
-        "pixel_shuffle": (36.5, 58.8, 39.1, 20.9, 40.4, 46.7),
-        "gum": (36.9, 58.9, 39.7, 21.5, 40.6, 48.1),
-        "spatial_attention": (36.9, 58.8, 39.8, 21.7, 40.8, 47.0),
-        "carafe": (37.8, 60.1, 40.8, 23.1, 41.7, 48.5),
-    },
-)
-
-# CARAFE (ICCV 2019) Table 3: Mask R-CNN R50-FPN 1x, upsampler in the mask head (mask AP).
-CARAFE_TABLE3 = PaperTable(
-    title="CARAFE Table 3: Mask R-CNN, upsamplers in the mask head (COCO val2017, segm)",
-    match="upsampler.name",
-    metrics=("segm/AP", "segm/AP50", "segm/AP75", "segm/APs", "segm/APm", "segm/APl"),
-    rows={
-        "nearest": (32.7, 55.0, 34.8, 17.7, 35.9, 44.4),
-        "bilinear": (34.2, 55.9, 36.4, 18.5, 37.5, 46.2),
-        "deconv": (34.2, 55.5, 36.3, 17.6, 37.8, 46.7),
-        "pixel_shuffle": (34.4, 56.0, 36.6, 18.5, 37.6, 47.5),
-        "gum": (34.3, 55.7, 36.5, 17.6, 37.6, 46.9),
-        "spatial_attention": (34.1, 55.6, 36.5, 17.6, 37.4, 46.6),
-        "carafe": (34.7, 56.2, 37.1, 18.2, 37.9, 47.5),
-    },
-)
-
-PAPER_TABLES: dict[str, PaperTable] = {"carafe/table2": CARAFE_TABLE2, "carafe/table3": CARAFE_TABLE3}
+__all__ = ["COMPLEXITY_COLUMNS", "INTRO_FLOPS", "PaperCost", "PaperRow", "PaperTable", "TABLE2", "TABLE2_CHANNELS",
+           "TABLE2_SCALE", "format_override_value", "paper_table", "paper_tables"]

@@ -1,117 +1,138 @@
-"""``carafe-tables``: one table of a sweep's metrics.json files, with the paper's numbers beside ours.
+"""``carafe-tables``: a sweep's runs as the paper's table, ours beside the paper's numbers.
 
-    carafe-tables outputs/multirun/2026-11-21/10-00-00-000000
-    carafe-tables outputs/multirun/... --paper carafe/table2 --metrics bbox/AP bbox/AP50
+    carafe-tables --list                                             # the 24 tables, what each needs
+    carafe-tables outputs/multirun/<date>/<time>                     # the table the sweep's experiment names
+    carafe-tables outputs/multirun/<date>/<time> --paper carafe/table2 --format markdown --plot t2.png
+    carafe-tables run_a/ run_b/ --metrics bbox/AP bbox/APs --wandb
 
-Rows are runs, labelled by the overrides that differ between them; columns are the metrics
-(DESIGN names). With ``--paper``, each row whose config matches a row of that paper table gets
-the paper's value beside ours.
+With a paper table (``--paper``, or the ``experiment=`` every run was started with), the rows
+are the paper's, in its order, each with our value, the paper's and the difference; a failed or
+missing run is a marked hole, and a run whose setting is not the table's is listed as not
+belonging. Without one, each run is a row labelled by the overrides that differ between runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import io
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
-from carafe_exp.analysis.paper_numbers import PAPER_TABLES, PaperTable
-from carafe_exp.run_record import METRICS_FILE, read_record
-
-METRIC_ORDER = ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl", "segm/AP", "segm/AP50",
-                "segm/AP75", "segm/APs", "segm/APm", "segm/APl", "mIoU", "pixel_acc", "L1", "PSNR", "top1", "top5",
-                "fps")
+from carafe_exp.analysis.paper_numbers import paper_table, paper_tables
+from carafe_exp.analysis.run_records import RunRecord, load_run_records
+from carafe_exp.analysis.table_formats import FORMATS, render, runs_columns
+from carafe_exp.analysis.table_results import TableResult, assemble_table
+from carafe_exp.errors import ConfigError, UserInputError
+from carafe_exp.run_record import METRICS_FILE
 
 
-def find_records(paths: Sequence[str | Path]) -> list[tuple[Path, dict[str, Any]]]:
-    """Every metrics.json under ``paths`` (files or directories), sorted by path."""
-    found: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_file():
-            found.append(path)
-        elif path.is_dir():
-            found.extend(path.rglob(METRICS_FILE))
-        else:
-            raise FileNotFoundError(f"{path} does not exist")
-    return [(p, read_record(p)) for p in sorted(set(found))]
+def detect_table(records: Sequence[RunRecord]) -> str | None:
+    """The paper table every run was started for (its ``experiment=`` override), if they agree on one."""
+    names = {run.override_value("experiment") for run in records}
+    if len(names) == 1:
+        name = names.pop()
+        if name in paper_tables():
+            return name
+    return None
 
 
-def _select(config: dict[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
+def list_tables(width: int | None = None) -> str:
+    """The index of every table: id, paper and number, task, rows and what a run needs."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="The papers' tables (carafe-exp -m experiment=<id>; carafe-tables <sweep dir> --paper <id>)",
+                  box=box.SIMPLE_HEAD, title_justify="left", show_edge=False)
+    table.add_column("id", no_wrap=True)
+    table.add_column("table", no_wrap=True)
+    table.add_column("task", no_wrap=True)
+    table.add_column("rows", justify="right")
+    table.add_column("what it shows and needs", overflow="fold", ratio=1)
+    for table_id, entry in paper_tables().items():
+        rows = f"{len(entry.run_rows)}" + (f"+{len(entry.rows) - len(entry.run_rows)}q"
+                                            if len(entry.rows) != len(entry.run_rows) else "")
+        same = f" Same runs as {entry.same_as}." if entry.same_as else ""
+        table.add_row(table_id, entry.name, entry.task, rows, f"{entry.title}. Needs: {entry.needs}.{same}")
+    console = Console(width=width, record=True, file=io.StringIO(), highlight=False)
+    console.print(table)
+    console.print("rows: runs of the sweep (+Nq: rows quoted from other work, not run)")
+    return "\n".join(line.rstrip() for line in console.export_text().splitlines()) + "\n"
 
 
-def run_labels(records: Sequence[dict[str, Any]]) -> list[str]:
-    """A label per run: the overrides that are not shared by every run (all of them for one run)."""
-    override_sets = [list(r.get("overrides", [])) for r in records]
-    shared = set.intersection(*(set(o) for o in override_sets)) if len(override_sets) > 1 else set()
-    return [",".join(o for o in overrides if o not in shared) or "(defaults)" for overrides in override_sets]
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="carafe-tables", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("paths", nargs="*", help=f"sweep or run directories, or {METRICS_FILE} files")
+    parser.add_argument("--paper", metavar="TABLE", help="the paper table (carafe/table1 .. carafe_pp/table14; "
+                        "default: the experiment the runs were started with)")
+    parser.add_argument("--metrics", nargs="+", metavar="NAME", help="only these columns (e.g. bbox/AP fps)")
+    parser.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
+    parser.add_argument("--json", action="store_true", help="same as --format json")
+    parser.add_argument("--plot", metavar="OUT.png", help="also draw ours vs the paper's, one panel per metric")
+    parser.add_argument("--wandb", action="store_true",
+                        help="also log the table (and the plot) to W&B, in the sweep's group (offline without login)")
+    parser.add_argument("--list", action="store_true", help="list the 24 tables and what each needs")
+    return parser
 
 
-def metric_columns(records: Sequence[dict[str, Any]], wanted: Sequence[str] | None,
-                   paper: PaperTable | None) -> list[str]:
-    if wanted:
-        return list(wanted)
-    present = {name for r in records for name in r.get("metrics", {})}
-    if paper is not None:
-        return [m for m in paper.metrics if m in present] or list(paper.metrics)
-    return [m for m in METRIC_ORDER if m in present] + sorted(present - set(METRIC_ORDER) - {"loss"})
-
-
-def build_table(records: Sequence[tuple[Path, dict[str, Any]]], metrics: Sequence[str] | None = None,
-                paper: PaperTable | None = None) -> Table:
-    """The rich table: one row per run, ours (and the paper's, in brackets) per metric."""
-    payloads = [r for _, r in records]
-    columns = metric_columns(payloads, metrics, paper)
-    table = Table(title=paper.title if paper else f"{len(payloads)} runs")
-    table.add_column("run")
-    for column in columns:
-        table.add_column(column + (" (paper)" if paper else ""), justify="right")
-    for label, record in zip(run_labels(payloads), payloads):
-        paper_row = paper.rows.get(str(_select(record.get("config", {}), paper.match))) if paper else None
-        cells = []
-        for column in columns:
-            ours = record.get("metrics", {}).get(column)
-            cell = "—" if ours is None else f"{ours:.1f}"
-            if paper is not None:
-                theirs = paper_row[paper.metrics.index(column)] if paper_row and column in paper.metrics else None
-                cell += f" ({theirs:.1f})" if theirs is not None else " (—)"
-            cells.append(cell)
-        table.add_row(label, *cells)
-    return table
+def _error(message: str) -> int:
+    sys.stderr.write(f"carafe-tables: error: {message}\n")
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point (``carafe-tables``)."""
-    parser = argparse.ArgumentParser(prog="carafe-tables", description=__doc__.split("\n\n")[0])
-    parser.add_argument("paths", nargs="+", help="sweep or run directories, or metrics.json files")
-    parser.add_argument("--metrics", nargs="*", help="metric columns (default: every metric found)")
-    parser.add_argument("--paper", choices=sorted(PAPER_TABLES), help="print this paper table's numbers beside ours")
-    parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
-    args = parser.parse_args(argv)
-    try:
-        records = find_records(args.paths)
-    except (FileNotFoundError, json.JSONDecodeError) as error:
-        print(f"carafe-tables: error: {error}", file=sys.stderr)
-        return 2
-    if not records:
-        print(f"carafe-tables: error: no {METRICS_FILE} under {' '.join(args.paths)}", file=sys.stderr)
-        return 2
-    if args.json:
-        labels = run_labels([r for _, r in records])
-        print(json.dumps([{"run": label, "path": str(path), "metrics": record.get("metrics", {})}
-                          for label, (path, record) in zip(labels, records)], indent=2))
+    args = _parser().parse_args(argv)
+    if args.list:
+        sys.stdout.write(list_tables())
         return 0
-    Console().print(build_table(records, args.metrics, PAPER_TABLES.get(args.paper) if args.paper else None))
+    if not args.paths:
+        return _error("give a sweep or run directory (or --list)")
+    fmt = "json" if args.json else args.format
+    try:
+        records, problems = load_run_records(args.paths)
+        if not records:
+            detail = f" ({len(problems)} unreadable: {problems[0]})" if problems else ""
+            return _error(f"no readable {METRICS_FILE} under {' '.join(args.paths)}{detail}")
+        table_id = args.paper or detect_table(records)
+        result: TableResult | None = None
+        if table_id is not None:
+            result = assemble_table(paper_table(table_id), records, args.metrics, problems)
+            columns = result.columns
+        else:
+            columns = runs_columns(records, args.metrics)
+            known = {name for run in records for name in run.metrics}
+            unknown = [c for c in args.metrics or [] if c not in known]
+            if unknown:
+                return _error(f"--metrics {' '.join(unknown)}: no run has it; the runs have "
+                              f"{' '.join(sorted(known)) or 'no metrics'}")
+        sys.stdout.write(render(fmt, result, records, columns, problems))
+        plot_path = None
+        if args.plot:
+            from carafe_exp.analysis.table_plot import plot_runs, plot_table
+            from carafe_exp.analysis.table_formats import runs_grid
+
+            if result is not None:
+                plot_path = plot_table(result, args.plot)
+            else:
+                labels = [line[0] for line in runs_grid(records, columns).lines]
+                plot_path = plot_runs(records, labels, columns, args.plot)
+            sys.stderr.write(f"plot written to {plot_path}\n")
+        if args.wandb:
+            if result is None:
+                return _error("--wandb logs a paper table: give --paper <table>")
+            from carafe_exp.analysis.table_wandb import log_table_to_wandb
+
+            common = Path(*Path(records[0].run_dir).parts[:-1]) if len(records) else Path.cwd()
+            where = log_table_to_wandb(result, records, plot_path, common)
+            sys.stderr.write(f"W&B: table logged ({where})\n")
+    except FileNotFoundError as error:
+        return _error(str(error))
+    except (ConfigError, UserInputError) as error:
+        return _error(str(error))
     return 0
 
 

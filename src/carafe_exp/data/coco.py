@@ -34,17 +34,19 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from carafe_exp.data import coco_splits
 from carafe_exp.data.detection_transforms import Compose, build_detection_transforms
+from carafe_exp.data.group_sampler import GroupedBatchSampler, aspect_ratio_groups
 from carafe_exp.errors import DataError
 
 log = logging.getLogger(__name__)
 
 
 def annotation_path(root: str | os.PathLike[str], split: str) -> Path:
-    """``root/annotations/instances_<split>.json``."""
-    return Path(root) / "annotations" / f"instances_{split}.json"
+    """``root/annotations/instances_<split>.json`` (``image_info_<split>.json`` for test splits)."""
+    return coco_splits.annotation_path(root, split)
 
 
 def _validate_segmentation(seg: Any, where: str) -> None:
@@ -68,8 +70,12 @@ def _validate_segmentation(seg: Any, where: str) -> None:
                         f"got {type(seg).__name__}")
 
 
-def load_coco(ann_file: str | os.PathLike[str], require_segmentation: bool = False) -> COCO:
-    """Read and check a COCO instances file; any problem raises one ``DataError`` line naming the file."""
+def load_coco(ann_file: str | os.PathLike[str], require_segmentation: bool = False,
+              unannotated: bool = False) -> COCO:
+    """Read and check a COCO instances file; any problem raises one ``DataError`` line naming the file.
+
+    ``unannotated`` reads an image-info file (test-dev), which has no ``annotations`` list.
+    """
     ann_file = Path(ann_file)
     if not ann_file.is_file():
         raise DataError(f"COCO annotation file not found: {ann_file}")
@@ -81,6 +87,8 @@ def load_coco(ann_file: str | os.PathLike[str], require_segmentation: bool = Fal
     if not isinstance(dataset, dict):
         raise DataError(f"corrupt COCO annotation file {ann_file}: top level is a {type(dataset).__name__}, "
                         f"not an object")
+    if unannotated:
+        dataset.setdefault("annotations", [])
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(dataset.get(k), list)]
     if missing:
         raise DataError(f"corrupt COCO annotation file {ann_file}: missing list(s) {missing}")
@@ -127,8 +135,9 @@ class CocoDetection(Dataset):
         self.root = Path(root)
         self.split = split
         self.ann_file = annotation_path(root, split)
-        self.image_dir = self.root / split
-        self.coco = coco if coco is not None else load_coco(self.ann_file)
+        self.image_dir = coco_splits.image_dir(root, split)
+        self.annotated = not coco_splits.is_unannotated(split)
+        self.coco = coco if coco is not None else load_coco(self.ann_file, unannotated=not self.annotated)
         self.transforms = transforms
         self.with_masks = with_masks
         self.category_ids = sorted(self.coco.getCatIds())
@@ -220,7 +229,8 @@ class CocoDataModule(L.LightningDataModule):
                  train_split: str = "train2017", val_split: str = "val2017", test_split: str | None = None,
                  min_size: int = 800, max_size: int = 1333, flip_prob: float = 0.5, with_masks: bool = True,
                  persistent_workers: bool = True, pin_memory: bool = False,
-                 sample: Mapping[str, Any] | None = None, rcnn: Mapping[str, Any] | None = None) -> None:
+                 sample: Mapping[str, Any] | None = None, rcnn: Mapping[str, Any] | None = None,
+                 group_by_aspect_ratio: bool = True, test_batch_size: int = 1) -> None:
         super().__init__()
         if root is None or str(root) in ("", "???"):
             raise DataError("data.root is not set: give the COCO 2017 directory (with train2017/, val2017/, "
@@ -229,6 +239,10 @@ class CocoDataModule(L.LightningDataModule):
             raise DataError(f"data.batch_size must be >= 1, got {batch_size}")
         self.root = Path(root).expanduser()
         self.batch_size = int(batch_size)
+        # mmdetection v1 tests (and its benchmark times fps) one image per GPU.
+        self.test_batch_size = int(test_batch_size)
+        if self.test_batch_size < 1:
+            raise DataError(f"data.test_batch_size must be >= 1, got {test_batch_size}")
         self.num_workers = int(num_workers)
         self.train_split = train_split
         self.val_split = val_split
@@ -241,6 +255,8 @@ class CocoDataModule(L.LightningDataModule):
         self.with_masks = bool(with_masks)
         self.persistent_workers = bool(persistent_workers)
         self.pin_memory = bool(pin_memory)
+        # mmdetection v1's GroupSampler: a training batch is all landscape or all portrait.
+        self.group_by_aspect_ratio = bool(group_by_aspect_ratio)
         self.sample = dict(sample) if sample is not None else None
         if self.sample is not None:
             from carafe_exp.data.coco_sample import write_coco_sample
@@ -277,6 +293,11 @@ class CocoDataModule(L.LightningDataModule):
         """``label_to_category_id[label - 1]`` is the COCO category id of contiguous label ``label``."""
         return [int(c["id"]) for c in self.categories]
 
+    @property
+    def test_annotated(self) -> bool:
+        """False for a test split without public annotations (test-dev): its results go to the COCO server."""
+        return not coco_splits.is_unannotated(self.test_split)
+
     def annotation_file(self, stage: str) -> Path:
         """The annotation file COCOeval reads for ``stage`` (validate / test)."""
         split = self.test_split if stage == "test" else self.val_split
@@ -290,6 +311,10 @@ class CocoDataModule(L.LightningDataModule):
             self._datasets[key] = CocoDetection(self.root, split, transforms=transforms, with_masks=self.with_masks,
                                                 remove_empty=train)
             log.info("COCO %s (%s): %d images", split, "train" if train else "eval", len(self._datasets[key]))
+            if len(self._datasets[key]) == 0:
+                usable = " with a usable (non-crowd, at least 1 px) box" if train else ""
+                raise DataError(f"{annotation_path(self.root, split)} lists no image{usable}; "
+                                f"the {split} split needs at least one")
         dataset = self._datasets[key]
         dataset.with_masks = self.with_masks
         return dataset
@@ -302,19 +327,26 @@ class CocoDataModule(L.LightningDataModule):
         if stage in (None, "test"):
             self._dataset(self.test_split, train=False)
 
-    def _loader(self, dataset: CocoDetection, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+    def _loader(self, dataset: CocoDetection, shuffle: bool, batch_size: int | None = None) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size or self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           collate_fn=collate_detection, pin_memory=self.pin_memory, drop_last=False,
                           persistent_workers=self.persistent_workers and self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset(self.train_split, train=True), shuffle=True)
+        dataset = self._dataset(self.train_split, train=True)
+        if not self.group_by_aspect_ratio:
+            return self._loader(dataset, shuffle=True)
+        sizes = [(dataset.coco.imgs[i]["height"], dataset.coco.imgs[i]["width"]) for i in dataset.ids]
+        batches = GroupedBatchSampler(RandomSampler(dataset), aspect_ratio_groups(sizes), self.batch_size)
+        return DataLoader(dataset, batch_sampler=batches, num_workers=self.num_workers, collate_fn=collate_detection,
+                          pin_memory=self.pin_memory, persistent_workers=self.persistent_workers and self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._dataset(self.val_split, train=False), shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset(self.test_split, train=False), shuffle=False)
+        return self._loader(self._dataset(self.test_split, train=False), shuffle=False,
+                            batch_size=self.test_batch_size)
 
 
 __all__ = ["CocoDataModule", "CocoDetection", "annotation_path", "collate_detection", "load_coco"]

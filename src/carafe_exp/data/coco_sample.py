@@ -5,6 +5,7 @@ The output has COCO 2017's layout and annotation format, so the real reader
 
     directory/train2017/000000000001.jpg ...   directory/val2017/...
     directory/annotations/instances_train2017.json   .../instances_val2017.json
+    directory/test2017/...   directory/annotations/image_info_test-dev2017.json   (with num_test > 0)
 
 What it covers: four classes with non-contiguous category ids (the label mapping must be
 right), objects in COCO's small (< 32²), medium and large (> 96²) area ranges, polygon
@@ -178,17 +179,20 @@ def _make_image(rng: np.random.Generator, image_id: int, height: int, width: int
 
 def write_coco_sample(directory: str | os.PathLike[str], num_train: int = 64, num_val: int = 16,
                       min_side: int = 128, max_side: int = 192, max_objects: int = 4, crowd_prob: float = 0.2,
-                      seed: int = 0) -> None:
+                      seed: int = 0, num_test: int = 0) -> None:
     """Write the sample (train2017, val2017 and their instances files) into ``directory``.
 
     Image sides are drawn from [min_side, max_side]; each image gets 1..max_objects shapes and,
-    with probability ``crowd_prob``, one crowd region.
+    with probability ``crowd_prob``, one crowd region. ``num_test`` > 0 also writes a test-dev
+    split as COCO publishes it: images in ``test2017/`` and ``image_info_test-dev2017.json``
+    (images and categories, no annotations).
     """
     if min_side < 112 or max_side < min_side:
         raise ValueError(f"coco sample: need 112 <= min_side <= max_side (large objects are > 96 px), "
                          f"got min_side={min_side} max_side={max_side}")
-    if num_train < 1 or num_val < 1:
-        raise ValueError(f"coco sample: num_train and num_val must be >= 1, got {num_train}, {num_val}")
+    if num_train < 1 or num_val < 1 or num_test < 0:
+        raise ValueError(f"coco sample: num_train and num_val must be >= 1 and num_test >= 0, got {num_train}, "
+                         f"{num_val}, {num_test}")
     directory = Path(directory)
     (directory / "annotations").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -214,6 +218,26 @@ def write_coco_sample(directory: str | os.PathLike[str], num_train: int = 64, nu
             "categories": [dict(c) for c in CATEGORIES],
         }
         (directory / "annotations" / f"instances_{split}.json").write_text(json.dumps(payload))
+    if num_test:
+        # After train/val, so adding a test split leaves their images and annotations unchanged.
+        (directory / "test2017").mkdir(parents=True, exist_ok=True)
+        images = []
+        for _ in range(num_test):
+            height, width = (int(v) for v in rng.integers(min_side, max_side + 1, size=2))
+            pixels, _anns = _make_image(rng, image_id, height, width, max_objects, crowd_prob, ann_id)
+            file_name = f"{image_id:012d}.jpg"
+            Image.fromarray(pixels).save(directory / "test2017" / file_name, quality=95)
+            images.append({"id": image_id, "file_name": file_name, "height": height, "width": width,
+                           "license": 0})
+            image_id += 1
+        payload = {
+            "info": {"description": "carafe-exp generated COCO-format sample (test-dev: no annotations)",
+                     "version": "1.0"},
+            "licenses": [{"id": 0, "name": "generated", "url": ""}],
+            "images": images,
+            "categories": [dict(c) for c in CATEGORIES],
+        }
+        (directory / "annotations" / "image_info_test-dev2017.json").write_text(json.dumps(payload))
 
 
 __all__ = ["CATEGORIES", "write_coco_sample"]

@@ -17,8 +17,8 @@ class ClassificationTask(ResamplingTask):
     """Trains ``model`` (images → logits) and reports ``top1``/``top5`` in percent and inference ``fps``."""
 
     def __init__(self, model: nn.Module, optimizer: Mapping[str, Any], schedule: Mapping[str, Any],
-                 label_smoothing: float = 0.0) -> None:
-        super().__init__(model, optimizer, schedule)
+                 label_smoothing: float = 0.0, fps: Mapping[str, Any] | None = None) -> None:
+        super().__init__(model, optimizer, schedule, fps=fps)
         self.label_smoothing = float(label_smoothing)
         num_classes = self._num_classes(model)
         top_k = min(5, num_classes)

@@ -6,7 +6,10 @@ detections in evaluation). The optimiser and schedule come from :class:`Resampli
 optional gradient-norm clip (``grad_clip_norm``) mirrors mmdetection's ``grad_clip``.
 Evaluation runs pycocotools' COCOeval on the data module's real annotation file after
 gathering the predictions of every rank (:mod:`carafe_exp.metrics.coco`); ``test/fps`` is the
-model's inference images per second (forward pass only: resize, network, post-processing).
+model's inference images per second (forward pass only: resize, network, post-processing), timed
+as :data:`carafe_exp.tasks.base.FPS_PROTOCOL` says. A test split without public annotations
+(``data.test_split=test-dev2017``) is not evaluated: its detections are written, zipped, to
+``<run dir>/test-dev/`` for the COCO evaluation server (:mod:`carafe_exp.metrics.coco_results`).
 
 The data module must provide ``annotation_file(stage)`` and ``label_to_category_id``
 (:class:`carafe_exp.data.coco.CocoDataModule` does).
@@ -14,27 +17,32 @@ The data module must provide ``annotation_file(stage)`` and ``label_to_category_
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from carafe_exp.errors import ConfigError
-from carafe_exp.metrics.coco import CocoEvaluator
+from carafe_exp.metrics.coco import CocoEvaluator, gather_per_image
+from carafe_exp.metrics.coco_results import write_server_results
 from carafe_exp.tasks.base import ResamplingTask
 
 Batch = tuple[Sequence[torch.Tensor], Sequence[Mapping[str, Any]]]
 # What torchvision's R-CNN reads from a target; the rest (ids, sizes) is bookkeeping.
 _MODEL_TARGET_KEYS = ("boxes", "labels", "masks")
+log = logging.getLogger(__name__)
 
 
 class DetectionTask(ResamplingTask):
     """Trains a torchvision R-CNN and reports COCO ``bbox/*`` (and ``segm/*``) AP in percent and ``fps``."""
 
     def __init__(self, model: nn.Module, optimizer: Mapping[str, Any], schedule: Mapping[str, Any],
-                 mask_threshold: float = 0.5, grad_clip_norm: float | None = None) -> None:
-        super().__init__(model, optimizer, schedule)
+                 mask_threshold: float = 0.5, grad_clip_norm: float | None = None,
+                 fps: Mapping[str, Any] | None = None) -> None:
+        super().__init__(model, optimizer, schedule, fps=fps)
         if grad_clip_norm is not None and grad_clip_norm <= 0:
             raise ConfigError(f"task.module.grad_clip_norm must be positive or null, got {grad_clip_norm}")
         self.grad_clip_norm = grad_clip_norm
@@ -109,6 +117,9 @@ class DetectionTask(ResamplingTask):
     def on_validation_epoch_end(self) -> None:
         self._log_coco("val")
 
+    def _test_is_annotated(self) -> bool:
+        return bool(getattr(self.trainer.datamodule, "test_annotated", True))
+
     def on_test_epoch_start(self) -> None:
         super().on_test_epoch_start()
         self._evaluator = self._new_evaluator("test")
@@ -119,8 +130,25 @@ class DetectionTask(ResamplingTask):
         self._evaluator.update([int(t["image_id"]) for t in targets], predictions)
 
     def on_test_epoch_end(self) -> None:
-        self._log_coco("test")
+        if self._test_is_annotated():
+            self._log_coco("test")
+        else:
+            self._write_server_results()
         self.log_fps()
+
+    def _write_server_results(self) -> None:
+        """Gather every rank's detections; rank 0 writes the zipped results for the COCO server."""
+        merged = gather_per_image(self._evaluator.per_image)
+        self._evaluator = None
+        if not self.trainer.is_global_zero:
+            return
+        datamodule = self.trainer.datamodule
+        split = str(getattr(datamodule, "test_split", "test-dev2017"))
+        alg = f"carafe-exp-{'mask' if self.has_masks else 'faster'}-rcnn"
+        paths = write_server_results(merged, Path(self.trainer.default_root_dir) / "test-dev", split, alg,
+                                     self.iou_types)
+        log.info("%s has no public annotations: results for the COCO evaluation server in %s", split,
+                 ", ".join(str(p) for p in paths))
 
 
 __all__ = ["DetectionTask"]

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 
 from carafe_exp.ops import kernels_shape, output_size
+
+# (k, s, groups) every backend is checked on, up and down: odd k from the identity to beyond the
+# papers' 5, scales 1-4, groups that split the channels.
+CASE_GRID = list(itertools.product([1, 3, 5, 7], [1, 2, 3, 4], [1, 2, 4]))
+CASE_IDS = [f"k{k}-s{s}-g{g}" for k, s, g in CASE_GRID]
 
 
 def random_case(
@@ -29,6 +36,15 @@ def random_case(
         taps = kernel_size * kernel_size
         kernels = kernels.unflatten(1, (groups, taps)).softmax(2).flatten(1, 2)
     return features.to(dtype), kernels.to(dtype)
+
+
+def grid_case(
+    kernel_size: int, scale: int, groups: int, down: bool, dtype: torch.dtype = torch.float64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inputs of one CASE_GRID case: odd map sizes, two channels per group, a batch of 3 for half the cases."""
+    batch = 3 if (kernel_size + scale) % 2 else 1
+    height, width = (7, 5) if down else (5, 3)
+    return random_case(batch, 2 * groups, height, width, kernel_size, scale, groups, down, dtype=dtype)
 
 
 def naive_reassemble(

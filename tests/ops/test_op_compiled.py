@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 
 from carafe_exp.ops import carafe, carafe_down
-from ops.op_cases import random_case
-
-GRID = list(itertools.product([1, 3, 5, 7], [1, 2, 3, 4], [1, 2, 4]))
+from ops.op_cases import CASE_GRID, CASE_IDS, grid_case, random_case
 
 
 def _forward_backward(op, features, kernels, k, s, groups, backend, grad_output=None):
@@ -31,12 +27,10 @@ def _assert_backends_agree(op, features, kernels, k, s, groups, **tolerance) -> 
 
 
 @pytest.mark.parametrize("down", [False, True], ids=["up", "down"])
-@pytest.mark.parametrize(("k", "s", "groups"), GRID, ids=[f"k{k}-s{s}-g{g}" for k, s, g in GRID])
+@pytest.mark.parametrize(("k", "s", "groups"), CASE_GRID, ids=CASE_IDS)
 def test_compiled_matches_reference(k: int, s: int, groups: int, down: bool, compiled_extension) -> None:
-    batch = 3 if (k + s) % 2 else 1
-    height, width = (7, 5) if down else (5, 3)
     op = carafe_down if down else carafe
-    features, kernels = random_case(batch, 2 * groups, height, width, k, s, groups, down)
+    features, kernels = grid_case(k, s, groups, down)
     _assert_backends_agree(op, features, kernels, k, s, groups)
 
 

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 
 from carafe_exp.ops import carafe, carafe_down
-from ops.op_cases import random_case
+from ops.op_cases import CASE_GRID, CASE_IDS, random_case
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
 ]
-
-GRID = list(itertools.product([1, 3, 5, 7], [1, 2, 3, 4], [1, 2, 4]))
 
 
 def _run(op, features, kernels, k, s, groups, backend, grad_output):
@@ -44,7 +40,7 @@ def _compare_with_cpu_reference(op, features, kernels, k, s, groups, dtype=torch
 
 
 @pytest.mark.parametrize("down", [False, True], ids=["up", "down"])
-@pytest.mark.parametrize(("k", "s", "groups"), GRID, ids=[f"k{k}-s{s}-g{g}" for k, s, g in GRID])
+@pytest.mark.parametrize(("k", "s", "groups"), CASE_GRID, ids=CASE_IDS)
 def test_cuda_matches_reference(k: int, s: int, groups: int, down: bool) -> None:
     op = carafe_down if down else carafe
     features, kernels = random_case(3 if k % 2 else 1, 2 * groups, 7, 5, k, s, groups, down)

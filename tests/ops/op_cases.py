@@ -71,3 +71,15 @@ def naive_reassemble(
                         g = c // group_channels
                         out[:, c, y, col] += k[:, g * kernel_size**2 + tap, y, col] * x[:, c, iy, ix]
     return torch.from_numpy(out)
+
+
+def float_tolerance(dtype: torch.dtype, expected: torch.Tensor) -> float:
+    """Absolute error allowed for the op's sums computed in ``dtype`` (float accumulation for half types).
+
+    Half types accumulate in float32 and round once: within 2 units in the last place of the largest
+    value (a half-precision accumulator over tens of terms would be far off). float32 sums carry their
+    own accumulation error, a few units in the last place; float64 is exact to ~1e-12.
+    """
+    units = {torch.float16: 2, torch.bfloat16: 2, torch.float32: 16, torch.float64: 1e4}[dtype]
+    return units * torch.finfo(dtype).eps * max(expected.abs().max().item(), 1e-30)
+

@@ -17,7 +17,7 @@ import torch
 
 from carafe_exp.ops import reassemble_reference
 from carafe_exp.ops.geometry import is_channels_last
-from ops.op_cases import CASE_GRID, CASE_IDS, grid_case, random_case
+from ops.op_cases import CASE_GRID, CASE_IDS, float_tolerance, grid_case, random_case
 
 KERNEL_SETS = ["simple", "tiled"]
 
@@ -98,17 +98,6 @@ def test_tiled_falls_back_to_simple_when_no_tile_fits(down: bool, cuda_emulation
     assert {launch["name"] for launch in launches} == {"forward_simple", "grad_kernels_simple", "grad_features_simple"}
 
 
-def _float_tolerance(dtype: torch.dtype, expected: torch.Tensor) -> float:
-    """Absolute error allowed for sums of 25-160 products computed in ``dtype`` with float accumulation.
-
-    Half types accumulate in float32 and round once: within 2 units in the last place of the largest
-    value (a half-precision accumulator over this many terms would be far off). float32 sums carry
-    their own accumulation error, a few units in the last place; float64 is exact to ~1e-15.
-    """
-    units = {torch.float16: 2, torch.bfloat16: 2, torch.float32: 16, torch.float64: 1e4}[dtype]
-    return units * torch.finfo(dtype).eps * expected.abs().max().item()
-
-
 @pytest.mark.parametrize("cuda_kernels", KERNEL_SETS)
 @pytest.mark.parametrize("down", [False, True], ids=["up", "down"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
@@ -122,7 +111,7 @@ def test_dtypes_accumulate_in_float(dtype: torch.dtype, down: bool, cuda_kernels
     expected = _reference(features, kernels, 5, 2, 1, down, grad_output)
     for got, want in zip(actual, expected):
         assert got.dtype == dtype
-        torch.testing.assert_close(got.double(), want, rtol=0, atol=_float_tolerance(dtype, want))
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=float_tolerance(dtype, want))
 
 
 def _layout(features: torch.Tensor, kernels: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,7 +146,7 @@ def test_strided_inputs(layout: str, dtype: torch.dtype, channels: int, down: bo
     actual, launches = _emulated(cuda_emulation, features, kernels, 5, 2, 2, down, grad_output, cuda_kernels)
     expected = _reference(features, kernels, 5, 2, 2, down, grad_output)
     for got, want in zip(actual, expected):
-        torch.testing.assert_close(got.double(), want, rtol=0, atol=_float_tolerance(dtype, want))
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=float_tolerance(dtype, want))
     assert actual[0].is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
     vector_loads = sum(launch["vector_loads"] for launch in launches)
     if cuda_kernels == "tiled" and layout == "channels_last" and channels != 10:

@@ -24,6 +24,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from carafe_exp.allocator import configure_cpu_allocator
 from carafe_exp.callbacks import ThroughputTimer
 from carafe_exp.errors import ConfigError, UserInputError
 from carafe_exp.paths import config_dir
@@ -235,6 +236,7 @@ def _hydra_entry(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console-script entry point (``carafe-exp``)."""
+    configure_cpu_allocator()  # before the first large tensor: see carafe_exp.allocator
     _hydra_entry()
 
 

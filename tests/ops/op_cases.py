@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
 import torch
 
 from carafe_exp.ops import kernels_shape, output_size
@@ -51,6 +50,8 @@ def naive_reassemble(
     features: torch.Tensor, kernels: torch.Tensor, kernel_size: int, scale: int, groups: int, down: bool
 ) -> torch.Tensor:
     """The defining formula as explicit loops (float64 numpy): an oracle independent of both backends."""
+    import numpy as np  # here, not at import: the GPU tests run where torch may be all there is
+
     x = features.detach().double().numpy()
     k = kernels.detach().double().numpy()
     batch, channels, height, width = x.shape

@@ -78,7 +78,9 @@ def test_glibc_settings_from_the_environment_win() -> None:
     assert report["mapped"] >= 40 << 20
 
 
-def test_unknown_choice_warns_in_one_line_and_keeps_the_defaults(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unknown_choice_warns_in_one_line_and_keeps_the_defaults(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(allocator.ALLOCATOR_ENV, "jemalloc")
     settings = allocator.configure_cpu_allocator()
     assert not settings.applied

@@ -121,7 +121,8 @@ at::Tensor probe_reverse(const at::Tensor& input, int64_t threads, const std::st
                         emulation_probes::reverse_through_dynamic_shared(in, o, with_barrier);
                       });
   } else {
-    TORCH_CHECK(shared == "static" && with_barrier, "probe_reverse: shared is 'dynamic' or 'static' (with the barrier)");
+    TORCH_CHECK(shared == "static" && with_barrier,
+                "probe_reverse: shared is 'dynamic' or 'static' (with the barrier)");
     emulation::launch("reverse_through_static_shared", grid, block, 0, order_named(thread_order),
                       [&] { emulation_probes::reverse_through_static_shared(in, o); });
   }

@@ -89,7 +89,9 @@ def configure_cpu_allocator() -> AllocatorSettings:
     """
     choice = os.environ.get(ALLOCATOR_ENV, "tuned") or "tuned"
     if choice not in CHOICES:
-        logger.warning("$%s must be one of %s; got %r: keeping the system allocator's defaults", ALLOCATOR_ENV, ", ".join(CHOICES), choice)
+        logger.warning(
+            "$%s must be one of %s; got %r: keeping the system allocator's defaults", ALLOCATOR_ENV, ", ".join(CHOICES), choice
+        )
         return AllocatorSettings(False, f"unknown ${ALLOCATOR_ENV}={choice!r}")
     if choice == "system":
         return _report(AllocatorSettings(False, f"${ALLOCATOR_ENV}=system"))

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -66,6 +67,59 @@ def _backends() -> list[str] | None:
         return list(ops.available_backends())
     except (ImportError, AttributeError):
         return None
+
+
+# carafe_exp.allocator's choices: glibc's defaults, and what the carafe-exp process configures.
+ALLOCATOR_SETTINGS = ("system", "tuned")
+
+
+def allocator_comparison(args: argparse.Namespace) -> dict:
+    """The training step of nearest and carafe with glibc's default allocator and with carafe-exp's.
+
+    The allocator is set once per process, so each setting runs in a fresh interpreter of this
+    script (``--allocator-child``, ``CARAFE_EXP_CPU_ALLOCATOR``), the same size, batch, rounds and
+    threads as the main measurement.
+    """
+    runs = {}
+    for setting in ALLOCATOR_SETTINGS:
+        command = [sys.executable, str(Path(__file__).resolve()), "--allocator-child", "--size", str(args.size),
+                   "--batch", str(args.batch), "--rounds", str(args.rounds), "--device", args.device,
+                   "--upsamplers", f"{BASELINE},{TARGET_UPSAMPLER}"]
+        if args.threads:
+            command += ["--threads", str(args.threads)]
+        done = subprocess.run(command, env=dict(os.environ, CARAFE_EXP_CPU_ALLOCATOR=setting), capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"the allocator comparison ({setting}) failed:\n{done.stderr[-3000:]}")
+        runs[setting] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"allocator {setting} done", file=sys.stderr, flush=True)
+    steps = {setting: run["train_step_s"] for setting, run in runs.items()}
+    return {
+        "method": "fastest training step (forward + backward + SGD) of --rounds after a warm-up, nearest and carafe "
+                  "interleaved, in one fresh process per allocator setting",
+        "runs": runs,
+        "train_step_speedup_tuned_vs_system": {name: steps["system"][name] / steps["tuned"][name]
+                                               for name in steps["tuned"]},
+    }
+
+
+def allocator_child(args: argparse.Namespace, names: list[str], device: torch.device) -> int:
+    """``--allocator-child``: time training steps in this process's allocator setting, print one JSON line."""
+    from dataclasses import asdict
+
+    from carafe_exp.allocator import configure_cpu_allocator
+
+    settings = configure_cpu_allocator()
+    variants = [Variant(name, args.size, device) for name in names]
+    images, targets = make_batch(args.batch, args.size, device)
+    for variant in variants:
+        variant.train_step(images, targets, device)
+    for round_index in range(args.rounds):
+        for variant in variants[round_index % len(variants):] + variants[:round_index % len(variants)]:
+            variant.train_s.append(variant.train_step(images, targets, device))
+    print(json.dumps({"allocator": asdict(settings), "train_step_s": {v.name: min(v.train_s) for v in variants},
+                      "train_step_s_all": {v.name: v.train_s for v in variants}}))
+    return 0
 
 
 def synchronize(device: torch.device) -> None:
@@ -258,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1, help="images per step")
     parser.add_argument("--rounds", type=int, default=5, help="timed steps per variant (after one warm-up)")
     parser.add_argument("--upsamplers", default=None, help="comma-separated subset (default: all registered)")
+    parser.add_argument("--skip-allocator-comparison", action="store_true",
+                        help="do not time the training step again with glibc's default allocator (CPU only)")
+    parser.add_argument("--allocator-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="128-px images, one round: a smoke test")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -275,6 +332,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown upsampler(s) {unknown}; available: {', '.join(sorted(UPSAMPLERS))}")
     names = [BASELINE] + [n for n in names if n != BASELINE]
+    if args.allocator_child:
+        return allocator_child(args, names, device)
+    from carafe_exp.allocator import configure_cpu_allocator  # importable once the imports above have run
+
+    allocator_settings = configure_cpu_allocator()  # as the carafe-exp process does
 
     machine = machine_info(device)
     variants = [Variant(name, args.size, device) for name in names]
@@ -314,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
             "train_step_s": variant.train_s,
             "infer_step_s": variant.infer_s,
         })
+    allocator = {"this_process": vars(allocator_settings)}
+    if device.type == "cpu" and not args.skip_allocator_comparison:
+        allocator["comparison"] = allocator_comparison(args)
     target = next((r for r in rows if r["upsampler"] == TARGET_UPSAMPLER), None)
     report = {
         "benchmark": "Faster R-CNN R-50-FPN, upsampler in the FPN top-down steps",
@@ -331,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                               "FPN's shapes for one image, fastest round",
         },
         "results": rows,
+        "cpu_allocator": allocator,
         "target": None if target is None else {
             "upsampler": TARGET_UPSAMPLER,
             "max_train_overhead": TARGET_MAX_TRAIN_OVERHEAD,
@@ -355,6 +421,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"target: {TARGET_UPSAMPLER} costs {report['target']['train_overhead'] * 100:.1f}% of training "
               f"throughput; its upsamplers take {report['target']['upsampler_share_of_train_step'] * 100:.1f}% of "
               f"a nearest training step (at most {TARGET_MAX_TRAIN_OVERHEAD * 100:.0f}%): {verdict}")
+    if "comparison" in allocator:
+        speedups = allocator["comparison"]["train_step_speedup_tuned_vs_system"]
+        print("training step with carafe-exp's CPU allocator vs glibc's defaults: "
+              + ", ".join(f"{name} x{value:.2f}" for name, value in speedups.items()))
     print(f"results written to {out}")
     if args.upernet_size:
         bench_upernet(128 if args.quick else args.upernet_size, args.batch, args.rounds, device, machine, args.quick)

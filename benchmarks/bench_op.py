@@ -3,9 +3,14 @@
 Cases: the three FPN top-down steps of an 800×1333 image at C=256, batch 2, k=5
 (25×42→50×84, 50×84→100×168, 100×168→200×336) and a CARAFE++ downsampling case
 (2×64×400×668 → 200×334, k=5, s=2). For each: forward and forward+backward time and peak
-extra memory of the pure-PyTorch reference, the compiled extension and F.interpolate
-(nearest), the compiled forward into a preallocated output, and the floor: bytes the op must
-move ÷ the copy bandwidth measured in the same run. Prints a table and writes JSON (machine described) into benchmarks/results/.
+extra memory of the pure-PyTorch reference, the compiled extension (on a GPU both its simple
+and its tiled CUDA kernels) and F.interpolate (nearest), the compiled forward into a
+preallocated output, and the floor: bytes the op must move ÷ the copy bandwidth measured in the
+same run. Prints a table and writes JSON (machine described) into benchmarks/results/.
+
+The process's CPU allocator is configured as the ``carafe-exp`` process configures it
+(carafe_exp.allocator), so the plain-call numbers are what a training run gets;
+``CARAFE_EXP_CPU_ALLOCATOR=system`` measures with glibc's defaults instead.
 
 Needs only torch (no Hydra): run from a checkout with ``python benchmarks/bench_op.py``.
 
@@ -26,24 +31,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-# PyTorch's CPU allocator backs large tensors with transparent huge pages when this is set
-# (read once, before the first allocation). Without it every fresh output costs a page fault
-# per 4 KiB, which on some VMs costs more than the op itself and hides what the kernels do;
-# it applies to every method alike. Set THP_MEM_ALLOC_ENABLE=0 to measure without it.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from machine import describe_machine  # noqa: E402  (benchmarks/machine.py, beside this script)
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+import torch
+import torch.nn.functional as F
+from machine import describe_machine  # benchmarks/machine.py, beside this script
+from torch.utils._python_dispatch import TorchDispatchMode
 
 REPO = Path(__file__).resolve().parents[1]
 try:
     import carafe_exp.ops as ops
 except ImportError:  # a bare checkout without `pip install`: use the source tree
     sys.path.insert(0, str(REPO / "src"))
-    import carafe_exp.ops as ops  # noqa: E402
-import carafe_exp.ops.extension as ops_extension  # noqa: E402
+    import carafe_exp.ops as ops
+import carafe_exp.ops.extension as ops_extension
+from carafe_exp.allocator import configure_cpu_allocator
 
 MEMORY_METHOD_CPU = (
     "peak bytes of torch tensor storages alive during the call that were created by it (the output "
@@ -135,11 +135,27 @@ def significant(value: float, digits: int = 4) -> float:
     return float(f"{value:.{digits}g}")
 
 
-def machine_info(device: torch.device) -> dict:
+def machine_info(device: torch.device, allocator: dict) -> dict:
     return describe_machine(device) | {
         "backends_available": list(ops.available_backends()),
+        "cpu_allocator": allocator,
         "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
     }
+
+
+def with_cuda_kernels(name: str, method: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
+    """``method`` run with the extension's ``name`` CUDA kernels (simple or tiled), restoring the choice after."""
+    extension = ops_extension.load()
+
+    def run(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        previous = extension.cuda_kernels()
+        extension.set_cuda_kernels(name)
+        try:
+            return method(x, w)
+        finally:
+            extension.set_cuda_kernels(previous)
+
+    return run
 
 
 def synchronize(device: torch.device) -> None:
@@ -227,6 +243,10 @@ def run_case(
     methods = {"reference": reassemble("reference"), "nearest": nearest}
     if "compiled" in ops.available_backends():
         methods["compiled"] = reassemble("compiled")
+        if device.type == "cuda":
+            # The tiled kernels, until a measurement like this one makes them the default.
+            methods["compiled_tiled"] = with_cuda_kernels("tiled", reassemble("compiled"))
+            methods["compiled"] = with_cuda_kernels("simple", reassemble("compiled"))
 
     x_grad, w_grad = features.clone().requires_grad_(), kernels.clone().requires_grad_()
     grad_output = torch.ones(case.batch, case.channels, out_h, out_w, device=device, dtype=dtype)
@@ -291,6 +311,18 @@ def run_case(
             "compiled_forward_vs_compute_floor": round(compiled["forward_ms"] / results["compute_floor"]["forward_ms"], 2),
             "compiled_into_forward_vs_floor": round(results["compiled_into"]["forward_ms"] / floor["forward_ms"], 2),
         }
+        if "compiled_tiled" in results:
+            tiled = results["compiled_tiled"]
+            summary |= {
+                "tiled_speedup_forward_vs_simple": round(compiled["forward_ms"] / tiled["forward_ms"], 2),
+                "tiled_speedup_forward_backward_vs_simple": round(
+                    compiled["forward_backward_ms"] / tiled["forward_backward_ms"], 2
+                ),
+                "tiled_forward_vs_floor": round(tiled["forward_ms"] / floor["forward_ms"], 2),
+                "tiled_speedup_forward_backward_vs_reference": round(
+                    reference["forward_backward_ms"] / tiled["forward_backward_ms"], 2
+                ),
+            }
     return {
         "case": case.name,
         "dtype": str(dtype).removeprefix("torch."),
@@ -310,7 +342,7 @@ def format_table(records: list[dict]) -> str:
     header = f"{'case':<24}{'dtype':<10}{'method':<14}{'fwd ms':>11}{'fwd+bwd ms':>13}{'peak MiB':>10}{'×output':>9}"
     lines = [header, "-" * len(header)]
     for record in records:
-        for method in ("reference", "compiled", "compiled_into", "nearest", "floor", "compute_floor"):
+        for method in ("reference", "compiled", "compiled_tiled", "compiled_into", "nearest", "floor", "compute_floor"):
             if method not in record["results"]:
                 continue
             r = record["results"][method]
@@ -332,6 +364,13 @@ def format_table(records: list[dict]) -> str:
                 f" {s['compiled_forward_vs_compute_floor']}× the compute floor (fwd);"
                 f" into a preallocated output {s['compiled_into_forward_vs_floor']}× the floor"
             )
+        if "tiled_speedup_forward_vs_simple" in record["summary"]:
+            s = record["summary"]
+            lines.append(
+                f"{'':<24}tiled CUDA kernels: ×{s['tiled_speedup_forward_vs_simple']} (fwd)"
+                f" ×{s['tiled_speedup_forward_backward_vs_simple']} (fwd+bwd) vs the simple ones;"
+                f" {s['tiled_forward_vs_floor']}× the floor (fwd)"
+            )
     return "\n".join(lines)
 
 
@@ -345,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", nargs="+", default=None, help="run only these case names")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/op_<device>_<date>.json)")
     args = parser.parse_args(argv)
+    allocator = vars(configure_cpu_allocator())  # as the carafe-exp process does, before large tensors
 
     device = torch.device(args.device)
     dtype_names = args.dtypes or (["float32", "bfloat16"] if device.type == "cuda" else ["float32"])
@@ -371,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "carafe_exp.ops reassembly operator",
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "machine": machine_info(device),
+        "machine": machine_info(device, allocator),
         "copy_bandwidth_GBps": round(bandwidth / 1e9, 3),
         "matmul_GFLOPs": {name: round(rate / 1e9, 2) for name, rate in flop_rates.items()},
         "methods": {
@@ -384,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
                 "the compiled forward kernels writing into one preallocated output (extension.forward_into): "
                 "the op without the first touch of a fresh output's memory, whose cost depends on the allocator"
             ),
+            "compiled": "carafe()/carafe_down() with backend='compiled', a plain call allocating its output; on a "
+                        "GPU with the simple CUDA kernels",
+            "compiled_tiled": "the same with the tiled CUDA kernels (GPU only)",
         },
         "cases": records,
     }

@@ -19,13 +19,19 @@ void carafe_backward_cpu(const at::Tensor& grad_output, const at::Tensor& featur
                          const at::Tensor& kernels, at::Tensor& grad_features,
                          at::Tensor& grad_kernels, const Geometry& geometry);
 
+// The two sets of CUDA kernels (carafe_cuda_simple.cuh, carafe_cuda_tiled.cuh). `simple` is the
+// default until a GPU measurement shows the tiled kernels faster; `tiled` falls back to `simple`
+// for a call whose smallest tile does not fit the shared-memory budget (very large k).
+enum class CudaKernels { simple, tiled };
+
 #ifdef CARAFE_WITH_CUDA
 void carafe_forward_cuda(const at::Tensor& features, const at::Tensor& kernels,
-                         at::Tensor& output, const Geometry& geometry);
+                         at::Tensor& output, const Geometry& geometry, CudaKernels choice);
 
 void carafe_backward_cuda(const at::Tensor& grad_output, const at::Tensor& features,
                           const at::Tensor& kernels, at::Tensor& grad_features,
-                          at::Tensor& grad_kernels, const Geometry& geometry);
+                          at::Tensor& grad_kernels, const Geometry& geometry,
+                          CudaKernels choice);
 #endif
 
 }  // namespace carafe_exp

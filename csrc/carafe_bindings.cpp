@@ -1,51 +1,32 @@
 // Python bindings of the compiled CARAFE extension: allocate outputs in the requested memory
-// format, build the Geometry and dispatch to the CPU or CUDA kernels. Argument checking with
-// readable messages lives in Python (carafe_exp/ops/validation.py); the TORCH_CHECKs here
-// only guard the invariants the kernels rely on.
+// format, build the Geometry (carafe_tensor_geometry.h) and dispatch to the CPU or CUDA kernels.
 
 #include <torch/extension.h>
 
+#include <atomic>
+#include <string>
 #include <tuple>
 
 #include "carafe.h"
+#include "carafe_tensor_geometry.h"
 
 namespace carafe_exp {
 namespace {
 
-Geometry make_geometry(const at::Tensor& features, const at::Tensor& kernels,
-                       int64_t kernel_size, int64_t scale, int64_t groups, bool down) {
-  TORCH_CHECK(features.dim() == 4 && kernels.dim() == 4, "carafe: expected 4-D tensors");
-  TORCH_CHECK(kernel_size >= 1 && kernel_size % 2 == 1, "carafe: kernel_size must be odd");
-  TORCH_CHECK(scale >= 1, "carafe: scale must be >= 1");
-  TORCH_CHECK(groups >= 1 && features.size(1) % groups == 0,
-              "carafe: groups must divide the channels");
-  TORCH_CHECK(features.scalar_type() == kernels.scalar_type(),
-              "carafe: features and kernels must share a dtype");
-  TORCH_CHECK(features.device() == kernels.device(),
-              "carafe: features and kernels must share a device");
-  Geometry g;
-  g.batch = features.size(0);
-  g.channels = features.size(1);
-  g.in_h = features.size(2);
-  g.in_w = features.size(3);
-  g.out_h = down ? (g.in_h + scale - 1) / scale : g.in_h * scale;
-  g.out_w = down ? (g.in_w + scale - 1) / scale : g.in_w * scale;
-  g.kernel_size = kernel_size;
-  g.radius = kernel_size / 2;
-  g.scale = scale;
-  g.groups = groups;
-  g.group_channels = g.channels / groups;
-  g.down = down;
-  TORCH_CHECK(kernels.size(0) == g.batch && kernels.size(1) == groups * g.taps() &&
-                  kernels.size(2) == g.out_h && kernels.size(3) == g.out_w,
-              "carafe: kernels have shape ", kernels.sizes(), ", expected (", g.batch, ", ",
-              groups * g.taps(), ", ", g.out_h, ", ", g.out_w, ")");
-  return g;
+// Which CUDA kernels run (set_cuda_kernels); read on every call, so a change applies at once.
+std::atomic<CudaKernels> cuda_kernels_choice{CudaKernels::simple};
+
+const char* name_of(CudaKernels choice) {
+  return choice == CudaKernels::tiled ? "tiled" : "simple";
 }
 
-at::MemoryFormat format_of(bool channels_last) {
-  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+void set_cuda_kernels(const std::string& name) {
+  TORCH_CHECK(name == "simple" || name == "tiled",
+              "carafe: the CUDA kernels are 'simple' or 'tiled', got '", name, "'");
+  cuda_kernels_choice = name == "tiled" ? CudaKernels::tiled : CudaKernels::simple;
 }
+
+std::string cuda_kernels() { return name_of(cuda_kernels_choice.load()); }
 
 // Dispatches the forward kernels into `output` (already allocated, any strides).
 void run_forward(const at::Tensor& features, const at::Tensor& kernels, at::Tensor& output,
@@ -53,7 +34,7 @@ void run_forward(const at::Tensor& features, const at::Tensor& kernels, at::Tens
   if (output.numel() == 0) return;
   if (features.is_cuda()) {
 #ifdef CARAFE_WITH_CUDA
-    carafe_forward_cuda(features, kernels, output, g);
+    carafe_forward_cuda(features, kernels, output, g, cuda_kernels_choice.load());
 #else
     TORCH_CHECK(false, "carafe: this build of the extension has no CUDA kernels");
 #endif
@@ -95,12 +76,7 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output,
                                             bool features_channels_last,
                                             bool kernels_channels_last) {
   const Geometry g = make_geometry(features, kernels, kernel_size, scale, groups, down);
-  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == g.batch &&
-                  grad_output.size(1) == g.channels && grad_output.size(2) == g.out_h &&
-                  grad_output.size(3) == g.out_w &&
-                  grad_output.scalar_type() == features.scalar_type(),
-              "carafe: grad_output has shape ", grad_output.sizes(), " and dtype ",
-              grad_output.scalar_type());
+  check_grad_output(grad_output, features, g);
   at::Tensor grad_features = at::empty(
       features.sizes(), features.options().memory_format(format_of(features_channels_last)));
   at::Tensor grad_kernels = at::empty(
@@ -112,7 +88,8 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output,
   }
   if (features.is_cuda()) {
 #ifdef CARAFE_WITH_CUDA
-    carafe_backward_cuda(grad_output, features, kernels, grad_features, grad_kernels, g);
+    carafe_backward_cuda(grad_output, features, kernels, grad_features, grad_kernels, g,
+                         cuda_kernels_choice.load());
 #else
     TORCH_CHECK(false, "carafe: this build of the extension has no CUDA kernels");
 #endif
@@ -142,6 +119,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("kernel_size"), py::arg("scale"), py::arg("groups"), py::arg("down"),
         py::arg("features_channels_last"), py::arg("kernels_channels_last"),
         py::call_guard<py::gil_scoped_release>());
+  m.def("set_cuda_kernels", &carafe_exp::set_cuda_kernels,
+        "choose the CUDA kernels: 'simple' (default) or 'tiled'", py::arg("name"));
+  m.def("cuda_kernels", &carafe_exp::cuda_kernels, "the CUDA kernels in use: 'simple' or 'tiled'");
   m.attr("has_cuda") =
 #ifdef CARAFE_WITH_CUDA
       true;

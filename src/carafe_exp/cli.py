@@ -31,6 +31,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from carafe_exp import saved_runs, sweep_report
+from carafe_exp.allocator import configure_cpu_allocator
 from carafe_exp.errors import UserInputError
 from carafe_exp.paths import config_dir
 from carafe_exp.preflight import check_config
@@ -154,6 +155,7 @@ def _quiet_third_party_noise() -> None:
 
 def main() -> None:
     """Console-script entry point (``carafe-exp``)."""
+    configure_cpu_allocator()  # before the first large tensor: see carafe_exp.allocator
     global _inherited
     argv, _inherited = saved_runs.with_saved_overrides(sys.argv[1:])
     sys.argv[1:] = argv  # DDP workers re-run this command line, so they see the same overrides

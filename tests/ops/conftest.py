@@ -1,4 +1,4 @@
-"""Fixtures of the reassembly-operator tests: a fixed seed and the compiled extension."""
+"""Fixtures of the reassembly-operator tests: a fixed seed, the compiled extension and the CUDA emulation."""
 
 from __future__ import annotations
 
@@ -17,3 +17,9 @@ def _seed() -> None:
 def compiled_extension():
     """The compiled extension; a build failure fails the tests that need it (never skips)."""
     return extension.load()
+
+
+@pytest.fixture(scope="session")
+def cuda_emulation():
+    """The CUDA kernels built as host code (csrc/emulation/); a build failure fails the tests that need it."""
+    return extension.build_emulation()

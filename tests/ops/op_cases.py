@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import numpy as np
+import itertools
+
 import torch
 
 from carafe_exp.ops import kernels_shape, output_size
+
+# (k, s, groups) every backend is checked on, up and down: odd k from the identity to beyond the
+# papers' 5, scales 1-4, groups that split the channels.
+CASE_GRID = list(itertools.product([1, 3, 5, 7], [1, 2, 3, 4], [1, 2, 4]))
+CASE_IDS = [f"k{k}-s{s}-g{g}" for k, s, g in CASE_GRID]
 
 
 def random_case(
@@ -31,10 +37,21 @@ def random_case(
     return features.to(dtype), kernels.to(dtype)
 
 
+def grid_case(
+    kernel_size: int, scale: int, groups: int, down: bool, dtype: torch.dtype = torch.float64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inputs of one CASE_GRID case: odd map sizes, two channels per group, a batch of 3 for half the cases."""
+    batch = 3 if (kernel_size + scale) % 2 else 1
+    height, width = (7, 5) if down else (5, 3)
+    return random_case(batch, 2 * groups, height, width, kernel_size, scale, groups, down, dtype=dtype)
+
+
 def naive_reassemble(
     features: torch.Tensor, kernels: torch.Tensor, kernel_size: int, scale: int, groups: int, down: bool
 ) -> torch.Tensor:
     """The defining formula as explicit loops (float64 numpy): an oracle independent of both backends."""
+    import numpy as np  # here, not at import: the GPU tests run where torch may be all there is
+
     x = features.detach().double().numpy()
     k = kernels.detach().double().numpy()
     batch, channels, height, width = x.shape
@@ -55,3 +72,15 @@ def naive_reassemble(
                         g = c // group_channels
                         out[:, c, y, col] += k[:, g * kernel_size**2 + tap, y, col] * x[:, c, iy, ix]
     return torch.from_numpy(out)
+
+
+def float_tolerance(dtype: torch.dtype, expected: torch.Tensor) -> float:
+    """Absolute error allowed for the op's sums computed in ``dtype`` (float accumulation for half types).
+
+    Half types accumulate in float32 and round once: within 2 units in the last place of the largest
+    value (a half-precision accumulator over tens of terms would be far off). float32 sums carry their
+    own accumulation error, a few units in the last place; float64 is exact to ~1e-12.
+    """
+    units = {torch.float16: 2, torch.bfloat16: 2, torch.float32: 16, torch.float64: 1e4}[dtype]
+    return units * torch.finfo(dtype).eps * max(expected.abs().max().item(), 1e-30)
+

@@ -23,6 +23,9 @@ def test_quick_benchmark_writes_json(tmp_path: Path, compiled_extension) -> None
     report = json.loads(out.read_text())
     assert report["machine"]["cpu_cores"] >= 1 and report["machine"]["torch_version"]
     assert report["copy_bandwidth_GBps"] > 0
+    # Configured as the carafe-exp process is (carafe_exp.allocator), and recorded.
+    assert report["machine"]["cpu_allocator"]["reason"]
+    assert report["machine"]["cpu_allocator"]["applied"] == (report["machine"]["cpu_allocator"]["reason"] == "glibc mallopt")
     assert {case["case"] for case in report["cases"]} == {"quick_up_12x14", "quick_down_24x28"}
     for case in report["cases"]:
         results = case["results"]

@@ -21,10 +21,63 @@ def test_sources_are_found_in_the_checkout() -> None:
     assert root == REPO / "csrc" or root.name == "csrc"
     assert {p.name for p in sources.source_paths(with_cuda=True)} == {
         "carafe_bindings.cpp",
-        "carafe_cpu.cpp",
+        "carafe_cpu_forward.cpp",
+        "carafe_cpu_grad_kernels.cpp",
+        "carafe_cpu_grad_features.cpp",
+        "carafe_cpu_backward.cpp",
         "carafe_cuda.cu",
     }
     assert all(p.is_file() for p in sources.source_paths(with_cuda=True))
+
+
+def test_every_file_in_csrc_is_a_listed_source() -> None:
+    # An unlisted file would be missing from the staged build copy and from the cache key.
+    on_disk = {p.relative_to(sources.csrc_dir()).as_posix() for p in sources.csrc_dir().rglob("*") if p.is_file()}
+    assert on_disk == set(sources.ALL_FILES)
+
+
+def _copy_of_csrc(destination: Path) -> Path:
+    shutil.copytree(sources.csrc_dir(), destination / "csrc")
+    return destination / "csrc"
+
+
+def test_checkouts_of_the_same_sources_share_one_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, compiled_extension) -> None:
+    """Two checkouts of one commit reuse one build instead of rebuilding each other's.
+
+    torch's build.ninja records absolute source paths; the build compiles a copy of the sources
+    inside the content-keyed build directory, so the paths are the same from any checkout.
+    """
+    directory = Path(compiled_extension.__file__).parent
+    library, ninja_file = Path(compiled_extension.__file__), directory / "build.ninja"
+    before = (library.stat().st_mtime_ns, ninja_file.read_bytes(), ninja_file.stat().st_mtime_ns)
+    checkouts = {name: _copy_of_csrc(tmp_path / name) for name in ("a", "b")}
+    for name in ("a", "b", "a"):
+        monkeypatch.setattr(sources, "shipped_csrc_dir", lambda copy=checkouts[name]: copy)
+        module = extension.build()
+        assert Path(module.__file__) == library
+        assert (library.stat().st_mtime_ns, ninja_file.read_bytes(), ninja_file.stat().st_mtime_ns) == before
+        assert str(checkouts[name]) not in ninja_file.read_text()
+
+
+def test_different_sources_get_different_cache_entries(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    original, changed = _copy_of_csrc(tmp_path / "original"), _copy_of_csrc(tmp_path / "changed")
+    with (changed / "carafe_cpu_forward.cpp").open("a") as source:
+        source.write("// a change\n")
+    directories = []
+    for copy in (original, changed):
+        monkeypatch.setattr(sources, "shipped_csrc_dir", lambda copy=copy: copy)
+        directories.append((extension.build_directory(False, []), extension.emulation_directory()))
+    assert directories[0][0] != directories[1][0]
+    assert directories[0][1] == directories[1][1]  # the emulation does not compile the CPU kernels
+
+
+def test_staging_rewrites_only_changed_files(tmp_path: Path) -> None:
+    staged = sources.stage(sources.EXTENSION_FILES, tmp_path / "staged")
+    stamps = {name: (staged / name).stat().st_mtime_ns for name in sources.EXTENSION_FILES}
+    (staged / "carafe.h").write_text("stale")
+    sources.stage(sources.EXTENSION_FILES, staged)
+    assert (staged / "carafe.h").read_bytes() == (sources.csrc_dir() / "carafe.h").read_bytes()
+    assert all((staged / name).stat().st_mtime_ns == stamps[name] for name in sources.EXTENSION_FILES if name != "carafe.h")
 
 
 def test_build_directory_is_keyed_by_torch_device_and_sources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from carafe_exp.ops import carafe
+np = pytest.importorskip("numpy")
+
+from carafe_exp.ops import carafe  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "mmcv_carafe"
 

@@ -1,21 +1,30 @@
-"""CUDA kernels against the float64 reference on the CPU (skipped without CUDA)."""
+"""CUDA kernels against the float64 reference on the CPU (skipped without CUDA).
+
+Both kernel sets run: ``simple`` (the default) and ``tiled`` (csrc/carafe_cuda_tiled.cuh). Without a
+GPU the same kernels are executed by the CUDA emulation (test_op_cuda_emulation.py).
+"""
 
 from __future__ import annotations
-
-import itertools
 
 import pytest
 import torch
 
 from carafe_exp.ops import carafe, carafe_down
-from ops.op_cases import random_case
+from ops.op_cases import CASE_GRID, CASE_IDS, random_case
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
 ]
 
-GRID = list(itertools.product([1, 3, 5, 7], [1, 2, 3, 4], [1, 2, 4]))
+
+@pytest.fixture(params=["simple", "tiled"])
+def cuda_kernels(request: pytest.FixtureRequest, compiled_extension):
+    """Runs the test with each set of CUDA kernels, restoring the choice afterwards."""
+    previous = compiled_extension.cuda_kernels()
+    compiled_extension.set_cuda_kernels(request.param)
+    yield request.param
+    compiled_extension.set_cuda_kernels(previous)
 
 
 def _run(op, features, kernels, k, s, groups, backend, grad_output):
@@ -44,8 +53,8 @@ def _compare_with_cpu_reference(op, features, kernels, k, s, groups, dtype=torch
 
 
 @pytest.mark.parametrize("down", [False, True], ids=["up", "down"])
-@pytest.mark.parametrize(("k", "s", "groups"), GRID, ids=[f"k{k}-s{s}-g{g}" for k, s, g in GRID])
-def test_cuda_matches_reference(k: int, s: int, groups: int, down: bool) -> None:
+@pytest.mark.parametrize(("k", "s", "groups"), CASE_GRID, ids=CASE_IDS)
+def test_cuda_matches_reference(k: int, s: int, groups: int, down: bool, cuda_kernels: str) -> None:
     op = carafe_down if down else carafe
     features, kernels = random_case(3 if k % 2 else 1, 2 * groups, 7, 5, k, s, groups, down)
     _compare_with_cpu_reference(op, features, kernels, k, s, groups)
@@ -53,7 +62,7 @@ def test_cuda_matches_reference(k: int, s: int, groups: int, down: bool) -> None
 
 @pytest.mark.parametrize("down", [False, True], ids=["up", "down"])
 @pytest.mark.parametrize("layout", ["channels_last", "non_contiguous"])
-def test_cuda_strided_inputs(layout: str, down: bool) -> None:
+def test_cuda_strided_inputs(layout: str, down: bool, cuda_kernels: str) -> None:
     op = carafe_down if down else carafe
     features, kernels = random_case(2, 8, 9, 11, 5, 2, 2, down)
 
@@ -67,7 +76,7 @@ def test_cuda_strided_inputs(layout: str, down: bool) -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("down", [False, True], ids=["up", "down"])
-def test_cuda_dtypes(dtype: torch.dtype, down: bool) -> None:
+def test_cuda_dtypes(dtype: torch.dtype, down: bool, cuda_kernels: str) -> None:
     op = carafe_down if down else carafe
     features, kernels = random_case(2, 8, 9, 7, 5, 2, 2, down)
     # Round the inputs to the dtype first so only the op's own error is measured.
@@ -75,12 +84,12 @@ def test_cuda_dtypes(dtype: torch.dtype, down: bool) -> None:
     _compare_with_cpu_reference(op, features, kernels, 5, 2, 2, dtype=dtype)
 
 
-def test_cuda_many_kernel_channels() -> None:
+def test_cuda_many_kernel_channels(cuda_kernels: str) -> None:
     features, kernels = random_case(1, 16, 4, 4, 9, 2, 8, False)
     _compare_with_cpu_reference(carafe, features, kernels, 9, 2, 8)
 
 
-def test_cuda_backward_is_deterministic() -> None:
+def test_cuda_backward_is_deterministic(cuda_kernels: str) -> None:
     features, kernels = random_case(2, 32, 33, 29, 5, 2, 4, False, dtype=torch.float32)
     features, kernels = features.cuda(), kernels.cuda()
     grad_output = torch.randn(2, 32, 66, 58, device="cuda")
@@ -90,7 +99,7 @@ def test_cuda_backward_is_deterministic() -> None:
         assert torch.equal(a, b)
 
 
-def test_cuda_torch_compile() -> None:
+def test_cuda_torch_compile(cuda_kernels: str) -> None:
     features, kernels = random_case(2, 4, 5, 7, 3, 2, 2, False, dtype=torch.float32)
     features, kernels = features.cuda(), kernels.cuda()
 

@@ -2,16 +2,24 @@
 
 The extension is built with ``torch.utils.cpp_extension.load`` and ninja on first use and
 cached in ``~/.cache/carafe-exp/ext/<torch version>-<cuda tag or cpu>-<hash>`` (or in
-``$CARAFE_EXP_EXT_DIR``). The hash covers the sources, the compiler flags and the machine
-(the CPU code is built with ``-march=native``), so a changed source or a home directory
-shared between different machines never picks up a stale binary. torch's ``load`` holds a
-file lock in the build directory, so concurrent processes (pytest -n 2) build once.
+``$CARAFE_EXP_EXT_DIR``). The hash covers the sources' contents, the compiler flags and the
+machine (the CPU code is built with ``-march=native``), so a changed source or a home
+directory shared between different machines never picks up a stale binary. The sources are
+compiled from a copy inside that directory (see ``sources.stage``), so every checkout of the
+same sources shares one build. torch's ``load`` holds a file lock in the build directory, so
+concurrent processes (pytest -n 2) build once.
 
-CUDA kernels are compiled only when CUDA is available or ``CARAFE_EXP_BUILD_CUDA=1``.
+CUDA kernels are compiled only when CUDA is available or ``CARAFE_EXP_BUILD_CUDA=1``. Two
+sets exist (``csrc/carafe.h``): ``simple`` (the default) and ``tiled``;
+``CARAFE_EXP_CUDA_KERNELS=tiled`` or the module's ``set_cuda_kernels("tiled")`` selects the
+latter.
+
+:func:`build_emulation` builds a second, test-only extension: the CUDA kernels compiled as host
+code under the CUDA emulation (``csrc/emulation/``), which runs them on the CPU.
 
 Build ahead of time (``make ext``)::
 
-    python -m carafe_exp.ops.extension [--verbose] [--cuda]
+    python -m carafe_exp.ops.extension [--verbose] [--cuda] [--emulation]
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 EXT_DIR_ENV = "CARAFE_EXP_EXT_DIR"
 BUILD_CUDA_ENV = "CARAFE_EXP_BUILD_CUDA"
+CUDA_KERNELS_ENV = "CARAFE_EXP_CUDA_KERNELS"
+CUDA_KERNELS = ("simple", "tiled")
 
 # -fopenmp: at::parallel_for is inlined into the extension and only runs in parallel when
 # the extension itself is compiled with OpenMP (as ATen is). -ffp-contract=fast: fused
@@ -41,6 +51,9 @@ BUILD_CUDA_ENV = "CARAFE_EXP_BUILD_CUDA"
 CPU_FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]
 LINK_FLAGS = ["-fopenmp"]
 CUDA_FLAGS = ["-O3", "--expt-relaxed-constexpr"]
+# The emulation build: host code only, no -march=native (nothing in it is tuned), and no
+# strict aliasing, as the kernels' vector loads reinterpret tensor memory the way CUDA code does.
+EMULATION_FLAGS = ["-O2", "-DCARAFE_CUDA_EMULATION", "-fno-strict-aliasing"]
 # Compiled when no GPU is visible to pick the architecture from (a compile-only check, or a
 # build node without GPUs); sm_80 plus PTX runs on every GPU CUDA 13 supports from Ampere on.
 FALLBACK_CUDA_ARCH = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_80,code=compute_80"]
@@ -78,10 +91,14 @@ def _cuda_tag() -> str:
     return "cu" + version.replace(".", "")
 
 
+def _cache_root() -> Path:
+    root = os.environ.get(EXT_DIR_ENV)
+    return Path(root) if root else Path.home() / ".cache" / "carafe-exp" / "ext"
+
+
 def build_directory(with_cuda: bool, cuda_flags: list[str]) -> Path:
     """Where the extension of this configuration is (or will be) built."""
-    root = os.environ.get(EXT_DIR_ENV)
-    base = Path(root) if root else Path.home() / ".cache" / "carafe-exp" / "ext"
+    base = _cache_root()
     device_info = ""
     if with_cuda:
         capabilities = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
@@ -128,15 +145,17 @@ def build(with_cuda: bool | None = None, verbose: bool = False) -> ModuleType:
         cuda_flags += ["-DCARAFE_WITH_CUDA", *_cuda_arch_flags()]
     directory = build_directory(with_cuda, cuda_flags)
     directory.mkdir(parents=True, exist_ok=True)
+    staged = sources.stage(sources.EXTENSION_FILES, directory / "csrc")
     name = "carafe_exp_ext_cuda" if with_cuda else "carafe_exp_ext_cpu"
+    compiled = sources.CPU_SOURCES + (sources.CUDA_SOURCES if with_cuda else ())
     try:
         module = cpp_extension.load(
             name=name,
-            sources=[str(path) for path in sources.source_paths(with_cuda)],
+            sources=[str(staged / source) for source in compiled],
             extra_cflags=cflags,
             extra_cuda_cflags=cuda_flags if with_cuda else None,
-            extra_include_paths=[str(sources.csrc_dir())],
-            extra_ldflags=LINK_FLAGS,
+            extra_include_paths=[str(staged)],
+            extra_ldflags=list(LINK_FLAGS),  # torch appends to the list it is given
             build_directory=str(directory),
             with_cuda=with_cuda,
             verbose=verbose,
@@ -145,6 +164,48 @@ def build(with_cuda: bool | None = None, verbose: bool = False) -> ModuleType:
         raise ExtensionBuildError(f"building the CARAFE extension in {directory} failed: {error}") from error
     logger.debug("CARAFE extension loaded from %s", directory)
     return module
+
+
+def emulation_directory() -> Path:
+    """Where the CUDA emulation build of these sources is (or will be) built."""
+    digest = sources.sources_digest(f"{EMULATION_FLAGS}{sys.version}", names=sources.EMULATION_FILES)
+    return _cache_root() / f"{torch.__version__.replace('+', '_')}-emulation-{digest}"
+
+
+def build_emulation(verbose: bool = False) -> ModuleType:
+    """Build (or reuse) and import the test-only CUDA emulation of the kernels (``csrc/emulation/``).
+
+    Its ``forward``/``backward`` run the CUDA kernels and their dispatch, compiled unchanged as host
+    code, on CPU tensors. Raises ExtensionBuildError with the compiler's complaint when it fails.
+    """
+    cpp_extension = _import_cpp_extension()
+    directory = emulation_directory()
+    directory.mkdir(parents=True, exist_ok=True)
+    staged = sources.stage(sources.EMULATION_FILES, directory / "csrc")
+    try:
+        module = cpp_extension.load(
+            name="carafe_exp_cuda_emulation",
+            sources=[str(staged / source) for source in sources.EMULATION_SOURCES],
+            extra_cflags=list(EMULATION_FLAGS),
+            extra_include_paths=[str(staged)],
+            build_directory=str(directory),
+            with_cuda=False,
+            verbose=verbose,
+        )
+    except Exception as error:  # noqa: BLE001 - as in build()
+        raise ExtensionBuildError(f"building the CUDA emulation in {directory} failed: {error}") from error
+    logger.debug("CUDA emulation loaded from %s", directory)
+    return module
+
+
+def cuda_kernels_setting() -> str | None:
+    """The CUDA kernels ``$CARAFE_EXP_CUDA_KERNELS`` asks for, or None when it is unset."""
+    name = os.environ.get(CUDA_KERNELS_ENV, "")
+    if not name:
+        return None
+    if name not in CUDA_KERNELS:
+        raise ValueError(f"${CUDA_KERNELS_ENV} must be one of {', '.join(CUDA_KERNELS)}; got {name!r}")
+    return name
 
 
 @functools.lru_cache(maxsize=None)
@@ -158,11 +219,15 @@ def _load_cached() -> ModuleType | ExtensionBuildError:
 def load() -> ModuleType:
     """The extension for this process, built on first call; later calls reuse it.
 
-    A failure is remembered too, so a broken toolchain costs one build attempt per process.
+    A failure is remembered too, so a broken toolchain costs one build attempt per process. The
+    CUDA kernels follow ``$CARAFE_EXP_CUDA_KERNELS`` when it is set.
     """
     result = _load_cached()
     if isinstance(result, ExtensionBuildError):
         raise result
+    choice = cuda_kernels_setting()
+    if choice is not None and result.cuda_kernels() != choice:
+        result.set_cuda_kernels(choice)
     return result
 
 
@@ -171,15 +236,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m carafe_exp.ops.extension", description=__doc__.splitlines()[0])
     parser.add_argument("--verbose", action="store_true", help="show the compiler commands and output")
     parser.add_argument("--cuda", action="store_true", help="also compile the CUDA kernels (needs nvcc, not a GPU)")
+    parser.add_argument(
+        "--emulation", action="store_true", help="also build the test-only CUDA emulation (runs the CUDA kernels on the CPU)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with_cuda = True if args.cuda else None
     try:
         module = build(with_cuda=with_cuda, verbose=args.verbose)
+        logger.info("CARAFE extension ready: %s (CUDA kernels: %s)", module.__file__, module.has_cuda)
+        if args.emulation:
+            emulation = build_emulation(verbose=args.verbose)
+            logger.info("CUDA emulation ready: %s", emulation.__file__)
     except ExtensionBuildError as error:
         logger.error("%s", error)
         return 1
-    logger.info("CARAFE extension ready: %s (CUDA kernels: %s)", module.__file__, module.has_cuda)
     return 0
 
 

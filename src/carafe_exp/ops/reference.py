@@ -10,6 +10,10 @@ for upsampling the input is broadcast over the s×s output pixels sharing a sour
 Nothing k²-fold and no copy of the input is materialised: the live memory is the output plus
 one tap's product, and autograd saves only views of the inputs. It is still k² passes over
 the output, which is why the compiled extension exists.
+
+float16 and bfloat16 accumulate in float32, as every backend does (DESIGN.md), forward and
+backward: the inputs are converted once, the sums run in float32, and the result is rounded
+once to the input dtype (autograd rounds the gradients once on the way back).
 """
 
 from __future__ import annotations
@@ -44,15 +48,17 @@ def reassemble_reference(
     group_channels = channels // groups
     out_h, out_w = output_size(height, width, scale, down)
     dtype = torch.promote_types(features.dtype, kernels.dtype)
+    accumulate = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
-    # (N, G, C/G, H, W) and (N, G, k², Ho, Wo): splitting a dimension is always a view.
-    source = features.unflatten(1, (groups, group_channels))
-    tap_weights = kernels.unflatten(1, (groups, taps))
+    # (N, G, C/G, H, W) and (N, G, k², Ho, Wo): splitting a dimension is always a view (and .to a
+    # no-op unless the dtype changes).
+    source = features.to(accumulate).unflatten(1, (groups, group_channels))
+    tap_weights = kernels.to(accumulate).unflatten(1, (groups, taps))
     if down:
-        out = torch.zeros(batch, groups, group_channels, out_h, out_w, dtype=dtype, device=features.device)
+        out = torch.zeros(batch, groups, group_channels, out_h, out_w, dtype=accumulate, device=features.device)
     else:
         out = torch.zeros(
-            batch, groups, group_channels, height, scale, width, scale, dtype=dtype, device=features.device
+            batch, groups, group_channels, height, scale, width, scale, dtype=accumulate, device=features.device
         )
     for tap in range(taps):
         dy, dx = tap // kernel_size - radius, tap % kernel_size - radius
@@ -71,4 +77,4 @@ def reassemble_reference(
             weight = weight.unflatten(3, (height, scale)).unflatten(5, (width, scale))
             neighbour = source[:, :, :, y0 + dy : y1 + dy, None, x0 + dx : x1 + dx, None]
             out[:, :, :, y0:y1, :, x0:x1, :].addcmul_(weight[:, :, :, y0:y1, :, x0:x1, :], neighbour)
-    return out.reshape(batch, channels, out_h, out_w)
+    return out.reshape(batch, channels, out_h, out_w).to(dtype)

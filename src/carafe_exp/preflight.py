@@ -98,10 +98,25 @@ def check_launch(cfg: DictConfig, multirun: bool, launcher: str) -> None:
             "hydra/launcher=submitit_slurm (one SLURM task per GPU)")
 
 
+def check_gradient_clipping(cfg: DictConfig) -> None:
+    """Lightning clips gradients itself only under automatic optimisation.
+
+    A task that steps its optimisers by hand (``task.manual_optimization``, the GAN of inpainting)
+    would make Lightning refuse ``trainer.gradient_clip_val`` deep inside ``fit``.
+    """
+    if OmegaConf.select(cfg, "task.manual_optimization", default=False) \
+            and OmegaConf.select(cfg, "trainer.gradient_clip_val", default=None) is not None:
+        task = OmegaConf.select(cfg, "task.name", default=_choice("task"))
+        raise ConfigError(f"trainer.gradient_clip_val cannot be used with task={task}: it steps its optimisers by "
+                          "hand (Lightning's manual optimisation), which Lightning's clipping does not serve; "
+                          "leave trainer.gradient_clip_val=null")
+
+
 def check_composition(cfg: DictConfig, multirun: bool = False, launcher: str = "basic") -> None:
     """Everything that can be checked from the config alone."""
     check_missing_values(cfg)
     check_data_kind(cfg)
+    check_gradient_clipping(cfg)
     check_launch(cfg, multirun, launcher)
 
 

@@ -58,8 +58,19 @@ def job_overrides() -> list[str]:
 
 
 def _adapt_trainer(cfg: DictConfig) -> None:
-    """SyncBatchNorm exists only for CUDA in torch's DDP: CPU processes keep per-process BatchNorm."""
+    """Trainer settings that depend on the task or the machine.
+
+    - SyncBatchNorm exists only for CUDA in torch's DDP: CPU processes keep per-process BatchNorm.
+    - A task whose backward passes each reach only part of the model (the two networks of a GAN)
+      declares ``task.ddp_find_unused_parameters``; plain DDP then becomes Lightning's
+      ``ddp_find_unused_parameters_true``, or DDP fails on the second backward pass.
+    """
     import torch
+
+    if cfg.task.get("ddp_find_unused_parameters") and str(cfg.trainer.get("strategy", "auto")) == "ddp":
+        log.info("trainer.strategy=ddp_find_unused_parameters_true: task=%s updates its networks in separate "
+                 "backward passes", cfg.task.get("name"))
+        cfg.trainer.strategy = "ddp_find_unused_parameters_true"
 
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
@@ -194,6 +205,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
+# Metric names that hold one value per class.
+PER_CLASS_PREFIXES = ("IoU/",)
+
+
 def print_metrics(record: dict[str, Any]) -> None:
     """The final metrics as one table on standard output."""
     from rich.console import Console
@@ -202,8 +217,15 @@ def print_metrics(record: dict[str, Any]) -> None:
     table = Table(title=f"{record['task']}: final metrics")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    per_class = 0
     for key, value in record["metrics"].items():
+        # Per-class values (150 IoU/<class> rows on ADE20K) stay in metrics.json, not on screen.
+        if key.startswith(PER_CLASS_PREFIXES):
+            per_class += 1
+            continue
         table.add_row(key, f"{value:.2f}")
+    if per_class:
+        table.add_row("per-class values", f"{per_class} in metrics.json")
     for key, value in record["throughput"].items():
         table.add_row(key, f"{value:.1f}")
     Console(stderr=False).print(table)

@@ -32,8 +32,10 @@ def _one_error_line(result) -> str:
          ["task=classification cannot use data=coco_sample", "needs imagenet data"]),
         ([*TINY_CLASSIFICATION, "downsampler=carafe", "downsampler.k_down=4"],
          ["downsampler.k_down=4", "odd int >= 1"]),
+        (["task=inpainting", "trainer.gradient_clip_val=1.0"],
+         ["trainer.gradient_clip_val cannot be used with task=inpainting", "gradient_clip_val=null"]),
     ],
-    ids=["coco-without-root", "imagenet-without-root", "task-data-mismatch", "k_down"],
+    ids=["coco-without-root", "imagenet-without-root", "task-data-mismatch", "k_down", "clip-with-manual-optim"],
 )
 def test_config_errors_are_one_line(args: list[str], expected: list[str], cli_env: dict[str, str],
                                     tmp_path: Path) -> None:

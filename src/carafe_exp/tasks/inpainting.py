@@ -93,19 +93,6 @@ class InpaintingTask(ResamplingTask):
         self.metrics = nn.ModuleDict({"val": InpaintingMetrics(), "test": InpaintingMetrics()})
         self._pictures: dict[int, torch.Tensor] = {}
 
-    def setup(self, stage: str) -> None:
-        from lightning.pytorch.strategies import DDPStrategy
-
-        strategy = self.trainer.strategy
-        if stage == "fit" and isinstance(strategy, DDPStrategy) \
-                and not strategy._ddp_kwargs.get("find_unused_parameters", False):
-            # Lightning wraps generator and discriminator in one DDP module, and each of the two
-            # backward passes of an iteration reaches only one of them: DDP must be told to expect
-            # unused parameters (what trainer.strategy=ddp_find_unused_parameters_true sets), or the
-            # second backward fails. Set here, before the strategy wraps the module.
-            strategy._ddp_kwargs["find_unused_parameters"] = True
-            log.info("DDP: find_unused_parameters=True (two backward passes per GAN iteration)")
-
     # ----------------------------------------------------------------------------------- optimisers
     def _schedule_length(self) -> tuple[int, int]:
         """(generator updates in the run, updates per epoch): the lr schedule's length and epoch unit."""

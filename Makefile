@@ -31,10 +31,10 @@ ext: venv
 bench: bench-op bench-models
 
 bench-op: venv
-	$(PY) benchmarks/bench_op.py
+	$(PY) scripts/bench_op.py
 
 bench-models: venv
-	$(PY) benchmarks/bench_models.py --threads 1
+	$(PY) scripts/bench_models.py --threads 1
 
 clean:
 	rm -rf $(VENV) build dist outputs .pytest_cache

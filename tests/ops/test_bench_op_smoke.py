@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/bench_op.py: --quick runs end to end and writes a well-formed JSON report."""
+"""Smoke test of scripts/bench_op.py: --quick runs end to end and writes a well-formed JSON report."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_op.py"
+BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench_op.py"
 
 
 def test_quick_benchmark_writes_json(tmp_path: Path, compiled_extension) -> None:

@@ -12,9 +12,9 @@ The process's CPU allocator is configured as the ``carafe-exp`` process configur
 (carafe_exp.allocator), so the plain-call numbers are what a training run gets;
 ``CARAFE_EXP_CPU_ALLOCATOR=system`` measures with glibc's defaults instead.
 
-Needs only torch (no Hydra): run from a checkout with ``python benchmarks/bench_op.py``.
+Needs only torch (no Hydra): run from a checkout with ``python scripts/bench_op.py``.
 
-    python benchmarks/bench_op.py [--device cpu|cuda] [--repeats 5] [--quick] [--out FILE]
+    python scripts/bench_op.py [--device cpu|cuda] [--repeats 5] [--quick] [--out FILE]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from machine import describe_machine  # benchmarks/machine.py, beside this script
+from machine import describe_machine  # scripts/machine.py, beside this script
 from torch.utils._python_dispatch import TorchDispatchMode
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ own operator), reporting the share of the training step its 10 upsamplers take; 
 
 Prints a table and writes JSON (machine described) into benchmarks/results/.
 
-    python benchmarks/bench_models.py [--size 512] [--batch 1] [--rounds 3] [--upsamplers nearest,carafe]
+    python scripts/bench_models.py [--size 512] [--batch 1] [--rounds 3] [--upsamplers nearest,carafe]
                                       [--device cpu|cuda] [--quick] [--out FILE] [--upernet-size 512]
 """
 
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-from machine import describe_machine  # benchmarks/machine.py, beside this script
+from machine import describe_machine  # scripts/machine.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 try:
@@ -241,7 +241,8 @@ class UperNetVariant:
         return time.perf_counter() - start
 
 
-def bench_upernet(size: int, batch: int, rounds: int, device: torch.device, machine: dict, quick: bool) -> Path:
+def bench_upernet(size: int, batch: int, rounds: int, device: torch.device, machine: dict, quick: bool,
+                  out: Path | None = None) -> Path:
     """UperNet R-50 training step with CARAFE at the PPM/FPN/FUSE sites vs bilinear (CARAFE Tables 5-6).
 
     Reports the share of a CARAFE training step spent in its 10 upsamplers (4 PPM, 3 FPN, 3 FUSE at
@@ -281,7 +282,8 @@ def bench_upernet(size: int, batch: int, rounds: int, device: torch.device, mach
         "carafe_train_overhead_vs_bilinear": 1.0 - step_base / step_carafe,
     }
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d")
-    out = REPO / "benchmarks" / "results" / f"upernet_{device.type}_{size}px{'_quick' if quick else ''}_{stamp}.json"
+    if out is None:
+        out = REPO / "benchmarks" / "results" / f"upernet_{device.type}_{size}px{'_quick' if quick else ''}_{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     for row in result["results"]:
@@ -427,7 +429,10 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{name} x{value:.2f}" for name, value in speedups.items()))
     print(f"results written to {out}")
     if args.upernet_size:
-        bench_upernet(128 if args.quick else args.upernet_size, args.batch, args.rounds, device, machine, args.quick)
+        # Beside --out when given (upernet_<name>), else in benchmarks/results/.
+        upernet_out = args.out.with_name(f"upernet_{args.out.name}") if args.out else None
+        bench_upernet(128 if args.quick else args.upernet_size, args.batch, args.rounds, device, machine, args.quick,
+                      upernet_out)
     return 0
 
 

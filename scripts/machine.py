@@ -1,6 +1,6 @@
 """What a benchmark ran on: CPU model, cores, threads, library versions, GPU, load at the start.
 
-Imported by the benchmark scripts from their own directory (``python benchmarks/<script>.py``),
+Imported by the benchmark scripts from their own directory (``python scripts/<script>.py``),
 so it needs nothing but torch.
 """
 

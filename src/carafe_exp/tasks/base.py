@@ -86,8 +86,8 @@ class ResamplingTask(L.LightningModule):
             # A test set smaller than the warm-up (the sample data) still gets a measured speed,
             # from its last batch; the log says the warm-up was shortened.
             self._warmup_effective = max(int(batches) - 1, 0)
-            log.warning("fps: %d test batches, fewer than the %d warm-up passes; warming up on %d",
-                        int(batches), self.fps_warmup_iters, self._warmup_effective)
+            log.info("fps: %d test batches, fewer than the %d warm-up passes; warming up on %d",
+                     int(batches), self.fps_warmup_iters, self._warmup_effective)
 
     def log_fps(self) -> None:
         """Log ``test/fps``: timed images per second of one process's forward passes, averaged over ranks."""

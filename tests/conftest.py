@@ -33,12 +33,19 @@ def sample_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache
 
 
-@pytest.fixture
-def cli_env(sample_cache: Path) -> dict[str, str]:
+@pytest.fixture(scope="module")
+def module_cli_env(sample_cache: Path) -> dict[str, str]:
+    """The environment a CLI subprocess runs in; module-scoped so one trained run can serve several tests."""
     env = dict(os.environ)
     env["CARAFE_EXP_CACHE"] = str(sample_cache)
     env["WANDB_MODE"] = "offline"
     env.setdefault("OMP_NUM_THREADS", "1")
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@pytest.fixture
+def cli_env(module_cli_env: dict[str, str]) -> dict[str, str]:
+    """``module_cli_env`` as a copy a test may change."""
+    return dict(module_cli_env)
 

@@ -52,7 +52,7 @@ class CapturedKernels:
 
     def region(self, y: int, x: int) -> dict[tuple[int, int], float]:
         """``{input position: weight}`` that output (y, x) reassembles (positions inside the map only)."""
-        k, r = self.kernel_size, self.kernel_size // 2
+        r = self.kernel_size // 2
         cy, cx = self.source(y, x)
         kernel = self.kernel_at(y, x)
         height, width = self.input_size

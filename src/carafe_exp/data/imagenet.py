@@ -10,14 +10,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import lightning as L
-import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from carafe_exp.data.imagefolder_sample import write_imagefolder_sample
 from carafe_exp.data.sample_cache import ensure_sample
+from carafe_exp.data.train_val_module import TrainValDataModule
 from carafe_exp.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -53,7 +51,7 @@ def check_imagefolder(root: Path) -> None:
                         f"expected {EXPECTED_LAYOUT}")
 
 
-class ImageNetDataModule(L.LightningDataModule):
+class ImageNetDataModule(TrainValDataModule):
     """ImageFolder train/val with the standard ImageNet transforms; val doubles as the test split."""
 
     def __init__(self, root: str, batch_size: int = 32, num_workers: int = 8, image_size: int = 224,
@@ -100,23 +98,3 @@ class ImageNetDataModule(L.LightningDataModule):
             self.train_set = self._folder("train", self.train_transform())
         if self.val_set is None:
             self.val_set = self._folder("val", self.eval_transform())
-
-    def _loader(self, dataset: datasets.ImageFolder, shuffle: bool) -> DataLoader:
-        # Training drops a ragged last batch (BatchNorm), but never the only one: a dataset smaller
-        # than a batch must still train rather than stop silently with no batches.
-        drop_last = shuffle and len(dataset) >= self.batch_size
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available(), drop_last=drop_last,
-                          persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        assert self.train_set is not None
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        assert self.val_set is not None
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        assert self.val_set is not None
-        return self._loader(self.val_set, shuffle=False)

@@ -30,10 +30,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import transforms
 
 from carafe_exp.data.imagenet import load_rgb
@@ -46,6 +45,7 @@ from carafe_exp.data.masks import (
 )
 from carafe_exp.data.places_sample import write_places_sample
 from carafe_exp.data.sample_cache import default_cache_dir, ensure_sample
+from carafe_exp.data.train_val_module import TrainValDataModule
 from carafe_exp.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class PlacesImages(Dataset):
         return {"image": to_signed(image), "mask": mask, "index": index}
 
 
-class PlacesDataModule(L.LightningDataModule):
+class PlacesDataModule(TrainValDataModule):
     """Places365 (or any image folder) with free-form holes; see the module docstring."""
 
     def __init__(self, root: str, batch_size: int = 32, num_workers: int = 8, image_size: int = 256,
@@ -187,22 +187,3 @@ class PlacesDataModule(L.LightningDataModule):
             masks = ensure_validation_masks(self.mask_dir, len(paths), self.image_size, self.image_size,
                                             self.val_mask_seed, self.mask_settings)
             self.val_set = PlacesImages(paths, self.eval_transform(), self.image_size, self.mask_settings, masks)
-
-    def _loader(self, dataset: PlacesImages, shuffle: bool) -> DataLoader:
-        # Training drops a ragged last batch (BatchNorm), but never the only one.
-        drop_last = shuffle and len(dataset) >= self.batch_size
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available(), drop_last=drop_last,
-                          persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        assert self.train_set is not None
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        assert self.val_set is not None
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        assert self.val_set is not None
-        return self._loader(self.val_set, shuffle=False)

@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torchvision.models.detection.roi_heads import RoIHeads
 
 TORCHVISION_BOX_LOSS_BETA = 1.0 / 9.0

@@ -18,7 +18,7 @@ from carafe_exp.analysis.paper_numbers import paper_table
 from carafe_exp.analysis.run_records import load_run_records
 from carafe_exp.analysis.table_formats import render
 from carafe_exp.analysis.table_results import assemble_table, format_like
-from carafe_exp.analysis.tables import main
+from carafe_exp.analysis.tables import list_tables, main
 from carafe_exp.run_record import write_json_atomic
 
 
@@ -152,6 +152,10 @@ def test_list_names_every_table(capsys: pytest.CaptureFixture[str]) -> None:
     for n in range(1, 15):
         assert f"carafe_pp/table{n} " in out
     assert "CARAFE++ Table XIV" in out
+    # Piped output is 80 columns wide: no line overflows it, no description is squeezed.
+    narrow = list_tables(width=80)
+    assert max(len(line) for line in narrow.splitlines()) <= 80
+    assert "Needs: COCO 2017" in narrow.replace("\n    ", " ")
 
 
 def test_runs_without_a_paper_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

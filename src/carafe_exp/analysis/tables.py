@@ -14,7 +14,6 @@ belonging. Without one, each run is a row labelled by the overrides that differ 
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,27 +37,26 @@ def detect_table(records: Sequence[RunRecord]) -> str | None:
 
 
 def list_tables(width: int | None = None) -> str:
-    """The index of every table: id, paper and number, task, rows and what a run needs."""
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
+    """The index of every table: id, paper and number, task, rows, then what it shows and needs.
 
-    table = Table(title="The papers' tables (carafe-exp -m experiment=<id>; carafe-tables <sweep dir> --paper <id>)",
-                  box=box.SIMPLE_HEAD, title_justify="left", show_edge=False)
-    table.add_column("id", no_wrap=True)
-    table.add_column("table", no_wrap=True)
-    table.add_column("task", no_wrap=True)
-    table.add_column("rows", justify="right")
-    table.add_column("what it shows and needs", overflow="fold", ratio=1)
+    One block per table, its description wrapped under it, so the list reads at any width
+    (80 columns when piped) instead of squeezing the description into a narrow column.
+    """
+    import shutil
+    import textwrap
+
+    width = width or shutil.get_terminal_size((100, 24)).columns
+    lines = ["The papers' tables. Run one: carafe-exp -m experiment=<id> ...",
+             "Show it: carafe-tables <sweep dir> --paper <id>", ""]
     for table_id, entry in paper_tables().items():
-        rows = f"{len(entry.run_rows)}" + (f"+{len(entry.rows) - len(entry.run_rows)}q"
-                                            if len(entry.rows) != len(entry.run_rows) else "")
+        quoted = len(entry.rows) - len(entry.run_rows)
+        rows = f"{len(entry.run_rows)} rows" + (f" (+{quoted} quoted)" if quoted else "")
+        lines.append(f"{table_id:<18} {entry.name} · {entry.task} · {rows}")
         same = f" Same runs as {entry.same_as}." if entry.same_as else ""
-        table.add_row(table_id, entry.name, entry.task, rows, f"{entry.title}. Needs: {entry.needs}.{same}")
-    console = Console(width=width, record=True, file=io.StringIO(), highlight=False)
-    console.print(table)
-    console.print("rows: runs of the sweep (+Nq: rows quoted from other work, not run)")
-    return "\n".join(line.rstrip() for line in console.export_text().splitlines()) + "\n"
+        lines += textwrap.wrap(f"{entry.title}. Needs: {entry.needs}.{same}", width=max(width - 4, 40),
+                               initial_indent="    ", subsequent_indent="    ", break_on_hyphens=False)
+    lines += ["", "rows: the sweep's runs; quoted rows: numbers from other work, for reference"]
+    return "\n".join(lines) + "\n"
 
 
 def _parser() -> argparse.ArgumentParser:

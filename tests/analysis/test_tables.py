@@ -169,3 +169,16 @@ def test_runs_without_a_paper_table(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert runs[1]["metrics"]["bbox/AP"] == 11.0
     assert main([str(tmp_path), "--metrics", "top1"]) == 2
     assert "no run has it" in capsys.readouterr().err
+
+
+def test_runs_left_out_for_one_reason_are_one_note(tmp_path: Path) -> None:
+    # A Table 2 sweep run at ResNet-101 does not belong to the R-50 table: one note names the
+    # reason once and lists the jobs, instead of one sentence per job.
+    for upsampler in ("nearest", "carafe"):
+        write_run(tmp_path, "carafe/table2", [f"upsampler={upsampler}"], {"bbox/AP": 30.0},
+                  extra=("model.backbone.depth=101",))
+    records, _ = load_run_records([tmp_path])
+    result = assemble_table(paper_table("carafe/table2"), records)
+    assert len(result.outsiders) == 2
+    notes = [note for note in result.footnotes() if note.startswith("Not in this table")]
+    assert len(notes) == 1 and "(2 runs)" in notes[0] and "model.backbone.depth=101" in notes[0], notes

@@ -81,10 +81,25 @@ class TableResult:
                 notes.append(f"Row {result.row.label!r}: {note}")
         if self.setting_notes:
             notes.append("Our runs differ from the paper's setting in: " + "; ".join(self.setting_notes) + ".")
+        # Runs left out for the same reason are one note (a sweep run off the paper's setting
+        # would otherwise repeat the same sentence for every job).
+        by_reason: dict[str, list[Path]] = {}
         for run, reason in self.outsiders:
-            notes.append(f"Not in this table: {run.run_dir}: {reason}.")
+            by_reason.setdefault(reason, []).append(Path(run.run_dir))
+        for reason, dirs in by_reason.items():
+            runs = f"{len(dirs)} runs" if len(dirs) > 1 else "1 run"
+            notes.append(f"Not in this table ({runs}): {reason}: {_name_runs(dirs)}.")
         notes += [f"Unreadable: {problem}" for problem in self.problems]
         return notes
+
+
+def _name_runs(dirs: list[Path]) -> str:
+    """Sweep jobs as ``jobs 0, 1, 2 of <sweep dir>`` (their directories start ``<num>_``), others by path."""
+    parents = {d.parent for d in dirs}
+    numbers = [d.name.split("_", 1)[0] for d in dirs]
+    if len(parents) == 1 and all(n.isdigit() for n in numbers):
+        return f"job{'s' if len(dirs) > 1 else ''} {', '.join(numbers)} of {parents.pop()}"
+    return ", ".join(str(d) for d in dirs)
 
 
 def _same(a: Any, b: Any) -> bool:

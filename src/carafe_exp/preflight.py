@@ -112,11 +112,25 @@ def check_gradient_clipping(cfg: DictConfig) -> None:
                           "leave trainer.gradient_clip_val=null")
 
 
+def check_optimization(cfg: DictConfig) -> None:
+    """Optimiser and lr-policy names, which would otherwise fail only once model and data are built."""
+    from carafe_exp.tasks.optim import LR_POLICIES, OPTIMIZERS
+
+    policy = OmegaConf.select(cfg, "schedule.policy", default=None)
+    if policy is not None and str(policy) not in LR_POLICIES:
+        raise ConfigError(f"schedule.policy={policy}: unknown lr policy; available: {', '.join(LR_POLICIES)}")
+    for key in ("optimizer", "discriminator_optimizer"):
+        name = OmegaConf.select(cfg, f"task.module.{key}.name", default=None)
+        if name is not None and str(name).lower() not in OPTIMIZERS:
+            raise ConfigError(f"task.module.{key}.name={name}: unknown optimizer; available: {', '.join(OPTIMIZERS)}")
+
+
 def check_composition(cfg: DictConfig, multirun: bool = False, launcher: str = "basic") -> None:
     """Everything that can be checked from the config alone."""
     check_missing_values(cfg)
     check_data_kind(cfg)
     check_gradient_clipping(cfg)
+    check_optimization(cfg)
     check_launch(cfg, multirun, launcher)
 
 

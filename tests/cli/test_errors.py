@@ -34,8 +34,12 @@ def _one_error_line(result) -> str:
          ["downsampler.k_down=4", "odd int >= 1"]),
         (["task=inpainting", "trainer.gradient_clip_val=1.0"],
          ["trainer.gradient_clip_val cannot be used with task=inpainting", "gradient_clip_val=null"]),
+        (["schedule.policy=linear"], ["schedule.policy=linear: unknown lr policy", "step, poly, cosine, constant"]),
+        (["task.module.optimizer.name=rmsprop"],
+         ["task.module.optimizer.name=rmsprop: unknown optimizer", "sgd, adam, adamw"]),
     ],
-    ids=["coco-without-root", "imagenet-without-root", "task-data-mismatch", "k_down", "clip-with-manual-optim"],
+    ids=["coco-without-root", "imagenet-without-root", "task-data-mismatch", "k_down", "clip-with-manual-optim",
+         "lr-policy", "optimizer"],
 )
 def test_config_errors_are_one_line(args: list[str], expected: list[str], cli_env: dict[str, str],
                                     tmp_path: Path) -> None:

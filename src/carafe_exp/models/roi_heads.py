@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.detection.roi_heads import RoIHeads
 
+from carafe_exp.errors import ConfigError
+
 TORCHVISION_BOX_LOSS_BETA = 1.0 / 9.0
 MMDET_V1_BOX_LOSS_BETA = 1.0
 
@@ -65,7 +67,7 @@ class BoxLossRoIHeads(RoIHeads):
 def use_box_loss_beta(roi_heads: RoIHeads, beta: float) -> RoIHeads:
     """Make ``roi_heads`` compute its box loss with smooth-L1 ``beta`` (in place; same parameters)."""
     if beta <= 0:
-        raise ValueError(f"model.box_loss_beta must be positive, got {beta}")
+        raise ConfigError(f"model.box_loss_beta={beta}: smooth-L1 needs a positive beta (mmdetection v1: 1.0)")
     roi_heads.__class__ = BoxLossRoIHeads
     roi_heads.box_loss_beta = float(beta)
     roi_heads._sampled = None

@@ -18,7 +18,12 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from carafe_exp.errors import ConfigError
+
 log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_POLICIES = ("step", "poly", "cosine", "constant")
 
 
 def scaled_lr(lr: float, base_batch_size: int, total_batch_size: int) -> float:
@@ -45,7 +50,7 @@ def build_optimizer(params: Iterable[torch.nn.Parameter] | Iterable[dict[str, An
         betas = tuple(float(b) for b in cfg.get("betas", (0.9, 0.999)))
         cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
         return cls(params, lr=lr, betas=betas, weight_decay=weight_decay)  # type: ignore[arg-type]
-    raise ValueError(f"unknown optimizer {name!r}; available: sgd, adam, adamw")
+    raise ConfigError(f"task.module.optimizer.name={name}: unknown optimizer; available: {', '.join(OPTIMIZERS)}")
 
 
 def lr_factor(step: int, *, total_steps: int, steps_per_epoch: int, policy: str, milestones: Iterable[float] = (),
@@ -68,7 +73,7 @@ def lr_factor(step: int, *, total_steps: int, steps_per_epoch: int, policy: str,
     elif policy == "constant":
         factor = 1.0
     else:
-        raise ValueError(f"unknown lr policy {policy!r}; available: step, poly, cosine, constant")
+        raise ConfigError(f"schedule.policy={policy}: unknown lr policy; available: {', '.join(LR_POLICIES)}")
     if warmup_iters > 0 and step < warmup_iters:
         alpha = step / warmup_iters
         factor *= warmup_factor * (1.0 - alpha) + alpha

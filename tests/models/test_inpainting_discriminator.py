@@ -52,3 +52,21 @@ def test_too_small_images_are_refused_with_the_minimum() -> None:
 def test_unknown_kind_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="discriminator.kind must be one of"):
         build_patch_discriminator("global_local")
+
+
+def test_nlayer_and_generator_use_the_pix2pix_normal_init() -> None:
+    """pix2pix ``init_weights('normal', 0.02)`` / mmagic ``generation_init_weights(init_gain=0.02)``:
+    conv weights N(0, 0.02) with zero bias, BatchNorm scales N(1, 0.02) with zero shift."""
+    from carafe_exp.models.global_local import build_global_local
+
+    torch.manual_seed(0)
+    for model in (build_patch_discriminator("nlayer"), build_global_local()):
+        convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        assert convs and norms
+        weights = torch.cat([m.weight.flatten() for m in convs])
+        assert abs(float(weights.mean())) < 1e-3 and float(weights.std()) == pytest.approx(0.02, rel=0.02)
+        assert all(m.bias is None or not m.bias.any() for m in convs)
+        scales = torch.cat([m.weight for m in norms])
+        assert float(scales.mean()) == pytest.approx(1.0, abs=0.01) and float(scales.std()) == pytest.approx(0.02, rel=0.15)
+        assert not torch.cat([m.bias for m in norms]).any()

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from carafe_exp.errors import ConfigError
+from carafe_exp.models.generation_init import init_generation_normal
 from carafe_exp.models.partial_conv import PartialConv2d
 from carafe_exp.resample import ORIGINAL_DOWNSAMPLER, build_downsampler, build_upsampler
 from carafe_exp.resample.carafe import CarafeDownsample, CarafeUpsample
@@ -45,17 +46,6 @@ ORIGINAL_UPSAMPLER = "deconv"
 MASK_UPDATES = ("soft", "binary")
 OUTPUT_ACTIVATIONS = ("clip", "tanh")
 SITES = ("decoder", "encoder")
-
-
-def _init_layer(module: nn.Module) -> None:
-    """mmagic's ``generation_init_weights(init_type='normal', init_gain=0.02)`` for GL's own layers."""
-    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-        nn.init.normal_(module.weight, 0.0, 0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.BatchNorm2d):
-        nn.init.normal_(module.weight, 1.0, 0.02)
-        nn.init.zeros_(module.bias)
 
 
 class ConvBlock(nn.Module):
@@ -71,8 +61,8 @@ class ConvBlock(nn.Module):
         self.norm = nn.BatchNorm2d(out_channels) if norm_act else nn.Identity()
         self.act = nn.ReLU(inplace=True) if norm_act else nn.Identity()
         self.partial = partial
-        _init_layer(self.conv)
-        _init_layer(self.norm)
+        init_generation_normal(self.conv)
+        init_generation_normal(self.norm)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.partial:
@@ -106,8 +96,8 @@ class UpsampleSite(nn.Module):
         if self.original:
             self.deconv = nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1, bias=False)
             self.norm = nn.BatchNorm2d(out_channels)
-            _init_layer(self.deconv)
-            _init_layer(self.norm)
+            init_generation_normal(self.deconv)
+            init_generation_normal(self.norm)
             self.out_channels = out_channels
         else:
             self.upsample = build_upsampler(upsampler, in_channels, 2)  # type: ignore[arg-type]

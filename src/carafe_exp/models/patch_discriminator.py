@@ -22,19 +22,9 @@ import torch
 from torch import nn
 
 from carafe_exp.errors import ConfigError
+from carafe_exp.models.generation_init import init_generation_normal
 
 KINDS = ("nlayer", "sn_patchgan")
-
-
-def _init_normal(module: nn.Module) -> None:
-    # pix2pix's init_weights('normal', 0.02): convs N(0, 0.02), BatchNorm weights N(1, 0.02).
-    if isinstance(module, nn.Conv2d):
-        nn.init.normal_(module.weight, 0.0, 0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.BatchNorm2d):
-        nn.init.normal_(module.weight, 1.0, 0.02)
-        nn.init.zeros_(module.bias)
 
 
 class PatchDiscriminator(nn.Module):
@@ -73,7 +63,7 @@ def _nlayer(in_channels: int, base_channels: int, num_layers: int) -> nn.Sequent
         channels = out
     layers.append(nn.Conv2d(channels, 1, 4, stride=1, padding=1))
     sequential = nn.Sequential(*layers)
-    sequential.apply(_init_normal)
+    sequential.apply(init_generation_normal)
     return sequential
 
 

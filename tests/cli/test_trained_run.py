@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -75,6 +76,24 @@ def test_resuming_a_finished_run_changes_nothing(trained: tuple[Path, subprocess
     assert (run_dir / "metrics.json").read_bytes() == record_before
     assert (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns == checkpoint_before
     assert not list(run_dir.glob("metrics.attempt*.json"))
+
+
+def test_run_killed_after_training_is_evaluated_not_retrained(
+        trained: tuple[Path, subprocess.CompletedProcess[str]], module_cli_env: dict[str, str], tmp_path: Path) -> None:
+    """Killed between the last checkpoint and metrics.json: ``ckpt_path=last`` evaluates the final weights only."""
+    finished, _ = trained
+    killed = tmp_path / "killed"
+    shutil.copytree(finished, killed)
+    (killed / "metrics.json").unlink()
+    checkpoint_before = (killed / "checkpoints" / "last.ckpt").read_bytes()
+    result = run_cli([f"hydra.run.dir={killed}", "ckpt_path=last"], module_cli_env)
+    assert "evaluating it only" in result.stdout
+    assert (killed / "checkpoints" / "last.ckpt").read_bytes() == checkpoint_before
+    record = _record(killed)
+    assert record["status"] == "completed" and record["evaluated_checkpoint"]["epoch"] == EPOCHS - 1
+    ours, theirs = record["metrics"], _record(finished)["metrics"]
+    for name in ("top1", "top5", "loss"):
+        assert ours[name] == pytest.approx(theirs[name], abs=1e-6), (ours, theirs)
 
 
 def test_interrupted_run_resumes_to_the_uninterrupted_result(

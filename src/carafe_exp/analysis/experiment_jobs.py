@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from carafe_exp import sweep_plan
 from carafe_exp.paths import config_dir
 
 # Config nodes a row's setting is read from (the rest, data and trainer, belong to where it runs).
@@ -55,16 +55,12 @@ def compose_experiment(experiment: str, overrides: Sequence[str] = (), hydra_con
 def sweep_jobs(experiment: str, overrides: Sequence[str] = ()) -> list[list[str]]:
     """The jobs of ``carafe-exp -m experiment=<experiment> <overrides>``: each job's sweep overrides.
 
-    Expanded like Hydra's basic sweeper (``hydra.sweeper.params`` first, then the command line,
-    a key given twice keeping the last value; the cartesian product in that order). The
+    Expanded by :func:`carafe_exp.sweep_plan.sweep_jobs`, as Hydra's basic sweeper does; the
     ``experiment=`` override itself is left out of each job.
     """
-    cfg = compose_experiment(experiment, overrides, hydra_config=True)
-    params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=False) or {}
-    arguments = [f"{key}={value}" for key, value in params.items()] + list(overrides)
-    parsed = OverridesParser.create().parse_overrides(arguments)
-    batches = BasicSweeper.split_arguments(parsed, None)
-    return [list(job) for batch in batches for job in batch]
+    selection = f"experiment={experiment}"
+    return [[override for override in job if override != selection]
+            for job in sweep_plan.sweep_jobs([selection, *overrides])]
 
 
 def job_values(job: Sequence[str]) -> dict[str, Any]:

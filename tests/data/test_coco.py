@@ -14,7 +14,7 @@ import torch
 from carafe_exp.data.coco import CocoDataModule, CocoDetection, annotation_path, collate_detection, load_coco
 from carafe_exp.data.coco_sample import CATEGORIES, write_coco_sample
 from carafe_exp.data.detection_transforms import hflip
-from carafe_exp.errors import DataError
+from carafe_exp.errors import ConfigError, DataError
 
 SAMPLE = dict(num_train=12, num_val=12, min_side=112, max_side=128, max_objects=4, crowd_prob=0.5, seed=3)
 
@@ -90,6 +90,51 @@ def test_training_split_drops_images_without_boxes(sample_root: Path, tmp_path: 
     path.write_text(json.dumps(data))
     assert first not in CocoDetection(root, "train2017", remove_empty=True).ids
     assert first in CocoDetection(root, "train2017", remove_empty=False).ids
+
+
+def test_boxes_wholly_outside_their_image_are_left_out(sample_root: Path, tmp_path: Path) -> None:
+    """A box that lies outside its image is empty once clipped; torchvision's R-CNN would refuse it
+    mid-training ("All bounding boxes should have positive height and width"), so it is not a target."""
+    root = _copy(sample_root, tmp_path)
+    path = annotation_path(root, "train2017")
+    data = json.loads(path.read_text())
+    image = data["images"][0]
+    outside = [dict(data["annotations"][0], id=10_000 + i, image_id=image["id"], iscrowd=0, bbox=bbox)
+               for i, bbox in enumerate([[image["width"] + 5, 2, 10, 10], [2, -30, 10, 20]])]
+    only_outside = data["images"][1]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != only_outside["id"]]
+    data["annotations"] += outside + [dict(outside[0], id=10_100, image_id=only_outside["id"],
+                                           bbox=[only_outside["width"], 0, 4, 4])]
+    path.write_text(json.dumps(data))
+    dataset = CocoDetection(root, "train2017", remove_empty=True)
+    assert only_outside["id"] not in dataset.ids
+    _, target = dataset[dataset.ids.index(image["id"])]
+    inside = [a for a in data["annotations"] if a["image_id"] == image["id"] and not a["iscrowd"]
+              and a["id"] < 10_000]
+    assert len(target["boxes"]) == len(target["labels"]) == len(target["masks"]) == len(inside)
+    widths, heights = target["boxes"][:, 2] - target["boxes"][:, 0], target["boxes"][:, 3] - target["boxes"][:, 1]
+    assert bool((widths > 0).all() and (heights > 0).all())
+
+
+def test_a_split_with_other_categories_than_val_is_refused(sample_root: Path, tmp_path: Path) -> None:
+    """Labels are positions among the sorted category ids, and the val split's categories name them
+    (num_classes, label -> category id): other categories in train would evaluate class i as class j."""
+    root = _copy(sample_root, tmp_path)
+    path = annotation_path(root, "train2017")
+    data = json.loads(path.read_text())
+    data["categories"][-1]["id"] = 11
+    for ann in data["annotations"]:
+        ann["category_id"] = 11 if ann["category_id"] == 9 else ann["category_id"]
+    path.write_text(json.dumps(data))
+    datamodule = CocoDataModule(root, batch_size=2, num_workers=0)
+    datamodule.setup("validate")
+    with pytest.raises(DataError, match=f"{path} lists other categories .*ids \\[9, 11\\]"):
+        datamodule.setup("fit")
+
+
+def test_flip_probability_outside_0_1_is_a_config_error(sample_root: Path) -> None:
+    with pytest.raises(ConfigError, match="data.flip_prob=1.5"):
+        CocoDataModule(sample_root, flip_prob=1.5)
 
 
 def test_flip_mirrors_boxes_and_masks() -> None:

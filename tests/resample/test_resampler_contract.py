@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from carafe_exp.errors import ConfigError
 from carafe_exp.resample import DOWNSAMPLERS, UPSAMPLERS, build_downsampler, build_upsampler
 
 CHANNELS = 16
@@ -92,6 +93,14 @@ def test_builders_reject_unknown_names_and_parameters() -> None:
         build_upsampler("dysample", 6, 2)
     with pytest.raises(ValueError, match="logit_net"):
         build_downsampler("lip", CHANNELS, 2, logit_net="deep")
+
+
+@pytest.mark.parametrize("name", ["conv", "maxpool", "avgpool", "dpp", "lip"])
+def test_an_even_pooling_window_names_the_command_line_key(name: str) -> None:
+    """Every downsampler with a window says ``downsampler.kernel_size=<value>`` as the command line writes it."""
+    with pytest.raises(ConfigError, match=f"^downsampler.kernel_size=2 is not valid for downsampler={name}: it must "
+                                          f"be an odd int >= 1$"):
+        build_downsampler({"name": name, "kernel_size": 2}, CHANNELS, 2)
 
 
 def test_overrides_take_precedence_over_the_config() -> None:

@@ -9,8 +9,11 @@ Annotations are read with pycocotools after a validation pass, so a corrupt file
 line naming the file and the annotation. Category ids (COCO's are 1..90 with gaps) map to
 contiguous labels 1..K in sorted id order; label 0 is torchvision's background. Crowd regions
 (``iscrowd=1``) are left out of the training targets (mmdetection ignores them too) and are
-handled by COCOeval, which reads the real annotation file. Training drops images without a
-usable box (mmdetection's ``filter_empty_gt``); evaluation keeps every image.
+handled by COCOeval, which reads the real annotation file. Boxes are clipped to their image; a box
+under one pixel (mmdetection's rule) or wholly outside its image (nothing is left once clipped,
+and torchvision's R-CNN refuses an empty box) is left out too. Training drops images without a
+usable box (mmdetection's ``filter_empty_gt``); evaluation keeps every image. Every split must
+list the categories of the validation split, which fix the labels and the class count.
 
 With ``sample`` set, the data module first generates the small COCO-format dataset of
 :mod:`carafe_exp.data.coco_sample` under ``root`` (once, atomically) and then reads it with the
@@ -39,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from carafe_exp.data import coco_splits
 from carafe_exp.data.detection_transforms import Compose, build_detection_transforms
 from carafe_exp.data.group_sampler import GroupedBatchSampler, aspect_ratio_groups
-from carafe_exp.errors import DataError
+from carafe_exp.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -144,13 +147,19 @@ class CocoDetection(Dataset):
         self.cat_to_label = {cat: index + 1 for index, cat in enumerate(self.category_ids)}
         ids = sorted(self.coco.getImgIds())
         if remove_empty:
-            ids = [i for i in ids if any(self._usable(a) for a in self.coco.imgToAnns.get(i, []))]
+            ids = [i for i in ids
+                   if any(self._usable(a, self.coco.imgs[i]["width"], self.coco.imgs[i]["height"])
+                          for a in self.coco.imgToAnns.get(i, []))]
         self.ids = ids
 
     @staticmethod
-    def _usable(ann: Mapping[str, Any]) -> bool:
-        # mmdetection: crowd regions are ignored, and boxes under one pixel are dropped.
-        return not ann.get("iscrowd", 0) and ann["bbox"][2] >= 1 and ann["bbox"][3] >= 1
+    def _usable(ann: Mapping[str, Any], width: float, height: float) -> bool:
+        # mmdetection: crowd regions are ignored, and boxes under one pixel are dropped. A box wholly
+        # outside the image would be empty once clipped, which torchvision's R-CNN rejects mid-training.
+        if ann.get("iscrowd", 0):
+            return False
+        x, y, w, h = ann["bbox"]
+        return w >= 1 and h >= 1 and min(x + w, width) > max(x, 0) and min(y + h, height) > max(y, 0)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -187,7 +196,7 @@ class CocoDetection(Dataset):
         if (height, width) != (info["height"], info["width"]):
             raise DataError(f"COCO image {self.image_dir / info['file_name']} is {width}x{height} but "
                             f"{self.ann_file} says {info['width']}x{info['height']}")
-        anns = [a for a in self.coco.imgToAnns.get(image_id, []) if self._usable(a)]
+        anns = [a for a in self.coco.imgToAnns.get(image_id, []) if self._usable(a, width, height)]
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
         boxes[:, 0::2].clamp_(0, width)
@@ -251,6 +260,8 @@ class CocoDataModule(L.LightningDataModule):
         self.max_size = int(max_size)
         self.rcnn = dict(rcnn or {})
         self.flip_prob = float(flip_prob)
+        if not 0.0 <= self.flip_prob <= 1.0:
+            raise ConfigError(f"data.flip_prob={flip_prob} is a probability: it must be in [0, 1]")
         # The detection task turns this off for models without a mask branch (no decoding cost).
         self.with_masks = bool(with_masks)
         self.persistent_workers = bool(persistent_workers)
@@ -311,6 +322,7 @@ class CocoDataModule(L.LightningDataModule):
             self._datasets[key] = CocoDetection(self.root, split, transforms=transforms, with_masks=self.with_masks,
                                                 remove_empty=train)
             log.info("COCO %s (%s): %d images", split, "train" if train else "eval", len(self._datasets[key]))
+            self._check_categories(self._datasets[key])
             if len(self._datasets[key]) == 0:
                 usable = " with a usable (non-crowd, at least 1 px) box" if train else ""
                 raise DataError(f"{annotation_path(self.root, split)} lists no image{usable}; "
@@ -318,6 +330,16 @@ class CocoDataModule(L.LightningDataModule):
         dataset = self._datasets[key]
         dataset.with_masks = self.with_masks
         return dataset
+
+    def _check_categories(self, dataset: CocoDetection) -> None:
+        # Labels are positions in the sorted category ids: a split with other categories than the
+        # validation split (which sets num_classes and the label -> category id map) would train or
+        # evaluate every class under another class's id without any error.
+        if dataset.category_ids != self.label_to_category_id:
+            expected = annotation_path(self.root, self.val_split)
+            differ = sorted(set(dataset.category_ids) ^ set(self.label_to_category_id))[:5]
+            raise DataError(f"{dataset.ann_file} lists other categories than {expected} (e.g. ids {differ}); "
+                            f"every split must list the same 'categories'")
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):

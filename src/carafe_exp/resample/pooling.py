@@ -9,12 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from carafe_exp.resample.checks import check_odd_kernel
 from carafe_exp.resample.registry import register_downsampler
-
-
-def _check_odd(name: str, kernel_size: int) -> None:
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"{name}: kernel_size must be odd and >= 1, got {kernel_size}")
 
 
 @register_downsampler("conv")
@@ -27,7 +23,7 @@ class StridedConvDownsample(nn.Module):
 
     def __init__(self, channels: int, scale: int, kernel_size: int = 3, bias: bool = True) -> None:
         super().__init__()
-        _check_odd("conv", kernel_size)
+        check_odd_kernel("conv", "kernel_size", kernel_size)
         self.conv = nn.Conv2d(channels, channels, kernel_size, stride=scale, padding=kernel_size // 2, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -40,7 +36,7 @@ class MaxPoolDownsample(nn.Module):
 
     def __init__(self, channels: int, scale: int, kernel_size: int = 3) -> None:
         super().__init__()
-        _check_odd("maxpool", kernel_size)
+        check_odd_kernel("maxpool", "kernel_size", kernel_size)
         self.pool = nn.MaxPool2d(kernel_size, stride=scale, padding=kernel_size // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -53,7 +49,7 @@ class AvgPoolDownsample(nn.Module):
 
     def __init__(self, channels: int, scale: int, kernel_size: int = 3) -> None:
         super().__init__()
-        _check_odd("avgpool", kernel_size)
+        check_odd_kernel("avgpool", "kernel_size", kernel_size)
         self.pool = nn.AvgPool2d(kernel_size, stride=scale, padding=kernel_size // 2, count_include_pad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

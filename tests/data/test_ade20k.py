@@ -21,7 +21,7 @@ from carafe_exp.data.ade20k_classes import ADE20K_CLASSES
 from carafe_exp.data.ade20k_sample import SAMPLE_CLASSES, write_ade20k_sample
 from carafe_exp.data.sample_cache import ensure_sample
 from carafe_exp.data.segmentation_transforms import IGNORE_INDEX, EvalTransform, TrainBatch, scaled_size
-from carafe_exp.errors import DataError
+from carafe_exp.errors import ConfigError, DataError
 
 SAMPLE = {"num_train": 6, "num_val": 3, "min_side": 40, "max_side": 70, "seed": 3}
 
@@ -153,6 +153,12 @@ def test_bad_inputs_fail_with_one_line_naming_the_file(sample_root: Path, tmp_pa
             dataset[index]
     message = str(error.value)
     assert expected in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("flip_prob", [-0.5, 2.0])
+def test_flip_probability_outside_0_1_is_a_config_error(sample_root: Path, flip_prob: float) -> None:
+    with pytest.raises(ConfigError, match=rf"data.flip_prob={flip_prob} is a probability: it must be in \[0, 1\]"):
+        ADE20KDataModule(sample_root, flip_prob=flip_prob)
 
 
 def test_list_pairs_names_the_expected_layout(tmp_path: Path) -> None:

@@ -113,3 +113,13 @@ def test_bad_settings_are_config_errors(places_root: Path, tmp_path: Path) -> No
         PlacesDataModule(str(places_root), image_size=30)
     with pytest.raises(ConfigError, match="data.masks"):
         PlacesDataModule(str(places_root), masks={"max_stroke": 2})
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    # 0 left no validation images (a run without L1 / PSNR); -1 silently dropped the last image.
+    ({"val_limit": 0}, r"data.val_limit must be null \(every validation image\) or >= 1, got 0"),
+    ({"val_limit": -1}, r"data.val_limit must be null \(every validation image\) or >= 1, got -1"),
+])
+def test_val_limit_below_one_is_a_config_error(places_root: Path, tmp_path: Path, option: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        PlacesDataModule(str(places_root), mask_dir=str(tmp_path / "masks"), **option)

@@ -54,6 +54,18 @@ def test_unknown_kind_is_a_config_error() -> None:
         build_patch_discriminator("global_local")
 
 
+@pytest.mark.parametrize(("kind", "options", "message"), [
+    ("nlayer", {"base_channels": 0}, "base_channels must be >= 1, got 0"),
+    ("sn_patchgan", {"base_channels": -4}, "base_channels must be >= 1, got -4"),
+    ("nlayer", {"num_layers": -1}, "num_layers must be >= 0 for nlayer, got -1"),
+    # Without a convolution the "scores" would be the image and mask themselves.
+    ("sn_patchgan", {"num_layers": 0}, "num_layers must be >= 1 for sn_patchgan, got 0"),
+])
+def test_bad_sizes_are_config_errors(kind: str, options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_patch_discriminator(kind, **options)
+
+
 def test_nlayer_and_generator_use_the_pix2pix_normal_init() -> None:
     """pix2pix ``init_weights('normal', 0.02)`` / mmagic ``generation_init_weights(init_gain=0.02)``:
     conv weights N(0, 0.02) with zero bias, BatchNorm scales N(1, 0.02) with zero shift."""

@@ -96,3 +96,23 @@ def test_mask_carries_no_gradient_and_features_do() -> None:
 def test_bad_mask_shape_names_both_shapes() -> None:
     with pytest.raises(ValueError, match=r"mask must be \(N, 1, H, W\) matching x \(1, 1, 4, 4\), got \(1, 3, 4, 4\)"):
         _ones_layer(None)(torch.zeros(1, 1, 4, 4), torch.ones(1, 3, 4, 4))
+
+
+@pytest.mark.parametrize("mode", ["autocast_float16", "half_model"])
+def test_float16_keeps_empty_windows_at_zero_instead_of_nan(mode: str) -> None:
+    """``trainer.precision=16-mixed`` / ``16-true``: a window with no valid pixel must still give 0 (NVIDIA's
+    M' = 0 there), not k²/(0 + 1e-8) · 0, whose 1e-8 rounds to 0 in float16 and makes 0·inf = NaN."""
+    torch.manual_seed(0)
+    layer = _ones_layer(0.5)
+    x = torch.arange(1.0, 17.0).reshape(1, 1, 4, 4)
+    mask = torch.tensor([[0, 0, 1, 1]] * 4, dtype=torch.float32).reshape(1, 1, 4, 4)
+    expected, expected_mask = layer(x, mask)
+    if mode == "autocast_float16":
+        with torch.autocast("cpu", dtype=torch.float16):
+            out, new_mask = layer(x.half(), mask)
+    else:
+        out, new_mask = layer.half()(x.half(), mask.half())
+    assert torch.isfinite(out).all()
+    assert out[0, 0, :, 0].tolist() == [0.0, 0.0, 0.0, 0.0]  # the all-hole column: 0, as in float32
+    torch.testing.assert_close(out.float(), expected, rtol=2e-3, atol=0.1)  # float16 rounding of values up to ~70
+    assert torch.equal(new_mask.float(), expected_mask)

@@ -207,3 +207,22 @@ def test_downsampler_registry_is_used_for_the_backbone_site() -> None:
 def test_unknown_site_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"model.sites: upernet has no site\(s\) \['mask_head'\]"):
         tiny({"mask_head": True})
+
+
+@pytest.mark.parametrize("pool_scales", [[], [0, 2], [1, -3]])
+def test_bad_pool_scales_are_config_errors(pool_scales: list[int]) -> None:
+    with pytest.raises(ConfigError, match=r"model.pool_scales must be a non-empty list of positive ints"):
+        tiny({"ppm": True}, pool_scales=pool_scales)
+
+
+def test_auxiliary_head_is_initialised_as_mmsegmentation() -> None:
+    """mmseg FCNHead: its ConvModule calls mmcv ``kaiming_init`` (default mode fan_out, ReLU gain), BN γ 1 β 0;
+    ``conv_seg`` is N(0, 0.01) with zero bias (mmseg ``BaseDecodeHead.init_weights``)."""
+    from carafe_exp.models.upernet import FCNAuxHead
+
+    torch.manual_seed(0)
+    head = FCNAuxHead(1024, NUM_CLASSES, channels=256)
+    conv, norm = head.conv[0], head.conv[1]
+    assert conv.weight.std().item() == pytest.approx((2.0 / (256 * 9)) ** 0.5, rel=0.02)  # fan-out: 256·3·3
+    assert torch.equal(norm.weight, torch.ones(256)) and not norm.bias.any()
+    assert head.classifier.weight.std().item() == pytest.approx(0.01, rel=0.1) and not head.classifier.bias.any()

@@ -39,7 +39,7 @@ from carafe_exp.data.segmentation_transforms import (
     TrainBatch,
     collate_eval,
 )
-from carafe_exp.errors import DataError
+from carafe_exp.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,8 @@ class ADE20KDataModule(L.LightningDataModule):
                             f"positive, got {short_sides}, {test_short_side}, {max_long_side}")
         if int(size_divisor) < 1:
             raise DataError(f"data.size_divisor must be >= 1, got {size_divisor}")
+        if not 0.0 <= float(flip_prob) <= 1.0:
+            raise ConfigError(f"data.flip_prob={flip_prob} is a probability: it must be in [0, 1]")
         self.root = Path(root).expanduser()
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)

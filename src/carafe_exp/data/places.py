@@ -136,6 +136,8 @@ class PlacesDataModule(TrainValDataModule):
                  hflip: bool = False, masks: Mapping[str, Any] | None = None, val_mask_seed: int = 0,
                  mask_dir: str | None = None, sample: Mapping[str, Any] | None = None) -> None:
         super().__init__()
+        if val_limit is not None and int(val_limit) < 1:
+            raise ConfigError(f"data.val_limit must be null (every validation image) or >= 1, got {val_limit}")
         self.root = Path(root).expanduser()
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)

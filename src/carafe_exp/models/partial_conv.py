@@ -35,15 +35,19 @@ class PartialConv2d(nn.Conv2d):
             raise ValueError(f"PartialConv2d: mask must be (N, 1, H, W) matching x {tuple(x.shape)}, "
                              f"got {tuple(mask.shape)}")
         window_area = self.kernel_size[0] * self.kernel_size[1]
-        with torch.no_grad():
-            mask = mask.to(dtype=x.dtype)
-            ones = torch.ones(1, 1, *self.kernel_size, dtype=x.dtype, device=x.device)
+        # The mask arithmetic stays in float32 whatever the features' precision: in float16 the
+        # 1e-8 guard rounds to 0, an empty window gives k²/0 · 0 = NaN, and the NaN spreads
+        # through the whole network (trainer.precision=16-mixed).
+        with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+            mask = mask.float()
+            ones = torch.ones(1, 1, *self.kernel_size, device=x.device)
             valid_count = F.conv2d(mask, ones, stride=self.stride, padding=self.padding, dilation=self.dilation)
             new_mask = valid_count.clamp(0.0, 1.0)
             ratio = window_area / (valid_count + RATIO_EPS) * new_mask
-        out = F.conv2d(x * mask, self.weight, None, self.stride, self.padding, self.dilation, self.groups) * ratio
+        out = F.conv2d(x * mask.to(x.dtype), self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+        out = out * ratio.to(out.dtype)
         if self.bias is not None:
             # NVIDIA's order, (raw - b)·ratio + b then ×M': identical for binary masks; for soft
             # masks (CARAFE-carried) it is what the official module would compute.
-            out = (out + self.bias.view(1, -1, 1, 1)) * new_mask
+            out = (out + self.bias.view(1, -1, 1, 1)) * new_mask.to(out.dtype)
         return out, new_mask

@@ -89,6 +89,11 @@ def build_patch_discriminator(kind: str = "nlayer", base_channels: int = 64, num
     """
     if kind not in KINDS:
         raise ConfigError(f"task.module.discriminator.kind must be one of {list(KINDS)}, got {kind!r}")
+    if int(base_channels) < 1:
+        raise ConfigError(f"task.module.discriminator.base_channels must be >= 1, got {base_channels}")
+    if num_layers is not None and int(num_layers) < (0 if kind == "nlayer" else 1):
+        raise ConfigError(f"task.module.discriminator.num_layers must be >= {0 if kind == 'nlayer' else 1} for "
+                          f"{kind}, got {num_layers}")
     if kind == "nlayer":
         with_mask = False if with_mask is None else bool(with_mask)
         layers = _nlayer(3 + int(with_mask), int(base_channels), 3 if num_layers is None else int(num_layers))

@@ -99,7 +99,8 @@ class UperNetHead(nn.Module):
 class FCNAuxHead(nn.Module):
     """mmsegmentation's auxiliary FCNHead on C4: 3×3 conv + BN + ReLU, dropout, 1×1 classifier.
 
-    Initialised as mmsegmentation does: Kaiming-normal conv, classifier N(0, 0.01) with zero bias.
+    Initialised as mmsegmentation does: Kaiming-normal conv (fan-out, mmcv's ``kaiming_init``), BN γ 1 β 0,
+    classifier N(0, 0.01) with zero bias.
     """
 
     def __init__(self, in_channels: int, num_classes: int, channels: int = 256, dropout: float = 0.1) -> None:
@@ -107,7 +108,8 @@ class FCNAuxHead(nn.Module):
         self.conv = ConvBNReLU(in_channels, channels, 3)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Conv2d(channels, num_classes, 1)
-        nn.init.kaiming_normal_(self.conv[0].weight, nonlinearity="relu")
+        # mmcv ConvModule.init_weights → kaiming_init, whose default mode is fan_out.
+        nn.init.kaiming_normal_(self.conv[0].weight, mode="fan_out", nonlinearity="relu")
         nn.init.normal_(self.classifier.weight, std=0.01)
         nn.init.zeros_(self.classifier.bias)
 
@@ -188,6 +190,9 @@ def build_upernet(num_classes: int, upsampler: str | Mapping[str, Any] = "biline
         raise ConfigError(f"model.sites: upernet has no site(s) {unknown}; its sites are {list(UPERNET_SITES)}")
     if int(channels) < 1:
         raise ConfigError(f"model.channels must be >= 1, got {channels}")
+    if not pool_scales or any(int(scale) < 1 for scale in pool_scales):
+        raise ConfigError(f"model.pool_scales must be a non-empty list of positive ints (the paper's: "
+                          f"{list(PAPER_POOL_SCALES)}), got {list(pool_scales)}")
     backbone = dict(backbone or {})
     depth = int(backbone.get("depth", 50))
 

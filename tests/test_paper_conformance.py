@@ -386,6 +386,39 @@ def test_classification_backbone_has_the_same_seven_places() -> None:
     assert cfg.schedule.max_epochs == 90
 
 
+@pytest.mark.parametrize("experiment", ["carafe_pp/table2", "carafe_pp/table12"])
+def test_classification_tables_follow_goyal_et_al(experiment: str) -> None:
+    """CARAFE++ §5.1: "the experimental settings mostly follow [11]" (Goyal et al. 2017 §5.1): 16 GPUs x 64
+    images, lr 0.1 per 256 images (0.4 at 1024), Nesterov momentum 0.9, weight decay 1e-4 but none on
+    BatchNorm's γ and β, γ = 0 in each residual branch's last BN, 90 epochs with the lr x0.1 at 30, 60
+    and 80, and a gradual warm-up from 0.1 to 0.4 over the first 5 epochs."""
+    cfg = _compose([f"experiment={experiment}", "data=imagenet", "data.root=/data/imagenet"])
+    assert cfg.task.name == "classification" and cfg.data.batch_size == 64
+    optimizer = cfg.task.module.optimizer
+    assert (optimizer.lr, optimizer.base_batch_size, optimizer.momentum, optimizer.nesterov,
+            optimizer.weight_decay) == (0.4, 1024, 0.9, True, 1e-4)
+    schedule = _plain(cfg.schedule)
+    assert (schedule["max_epochs"], schedule["policy"], schedule["milestones"], schedule["gamma"]) == \
+        (90, "step", [30, 60, 80], 0.1)
+    steps_per_epoch = 1_281_167 // 1024
+    factors = [lr_factor(epoch * steps_per_epoch, total_steps=90 * steps_per_epoch, steps_per_epoch=steps_per_epoch,
+                         policy="step", milestones=schedule["milestones"], warmup_factor=schedule["warmup_factor"],
+                         warmup_iters=schedule["warmup_epochs"] * steps_per_epoch)
+               for epoch in (0, 2.5, 5, 30, 60, 80)]
+    assert [0.4 * f for f in factors] == pytest.approx([0.1, 0.25, 0.4, 0.04, 0.004, 0.0004])
+
+    model = _build(cfg)
+    blocks = [block for layer in (model.layer1, model.layer2, model.layer3, model.layer4) for block in layer]
+    assert all(not block.bn3.weight.any() for block in blocks)
+    others = [m for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) and not name.endswith("bn3")]
+    assert others and all(bool((m.weight == 1).all()) for m in others)
+    task = instantiate(cfg.task.module, model=model, schedule=_plain(cfg.schedule), _convert_="all")
+    decay, no_decay = task.parameter_groups()
+    norms = {id(p) for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()}
+    assert {id(p) for p in no_decay["params"]} == norms and no_decay["weight_decay"] == 0.0
+    assert {id(model.fc.bias), id(model.conv1.weight)} <= {id(p) for p in decay["params"]}
+
+
 # -- 9. the pretrained chain, as a user runs it ----------------------------------------------------
 
 TINY_R50_CLASSIFICATION = [a for a in TINY_CLASSIFICATION if not a.startswith(("model.backbone.depth", "callbacks"))]

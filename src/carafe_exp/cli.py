@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from carafe_exp import saved_runs, sweep_report
 from carafe_exp.allocator import configure_cpu_allocator
 from carafe_exp.errors import UserInputError
+from carafe_exp.override_quoting import quote_path_overrides
 from carafe_exp.paths import config_dir
 from carafe_exp.preflight import check_config
 from carafe_exp.run_record import STATUS_FAILED, build_record, write_record
@@ -157,7 +158,8 @@ def main() -> None:
     """Console-script entry point (``carafe-exp``)."""
     configure_cpu_allocator()  # before the first large tensor: see carafe_exp.allocator
     global _inherited
-    argv, _inherited = saved_runs.with_saved_overrides(sys.argv[1:])
+    argv = quote_path_overrides(sys.argv[1:], saved_runs.override_positions(sys.argv[1:]))
+    argv, _inherited = saved_runs.with_saved_overrides(argv)
     sys.argv[1:] = argv  # DDP workers re-run this command line, so they see the same overrides
     if any(token in ("-m", "--multirun") for token in argv):
         os.environ[SWEPT_KEYS_ENV] = ",".join(swept_keys_of([argv[i] for i in saved_runs.override_positions(argv)]))

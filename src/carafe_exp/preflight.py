@@ -114,20 +114,47 @@ def check_gradient_clipping(cfg: DictConfig) -> None:
 
 def check_optimization(cfg: DictConfig) -> None:
     """Optimiser and lr-policy names, which would otherwise fail only once model and data are built."""
-    from carafe_exp.tasks.optim import LR_POLICIES, OPTIMIZERS
+    from carafe_exp.tasks.optim import LR_POLICIES, OPTIMIZERS, check_warmup
 
     policy = OmegaConf.select(cfg, "schedule.policy", default=None)
     if policy is not None and str(policy) not in LR_POLICIES:
         raise ConfigError(f"schedule.policy={policy}: unknown lr policy; available: {', '.join(LR_POLICIES)}")
+    check_warmup(OmegaConf.select(cfg, "schedule", default=None) or {})
     for key in ("optimizer", "discriminator_optimizer"):
         name = OmegaConf.select(cfg, f"task.module.{key}.name", default=None)
         if name is not None and str(name).lower() not in OPTIMIZERS:
             raise ConfigError(f"task.module.{key}.name={name}: unknown optimizer; available: {', '.join(OPTIMIZERS)}")
 
 
+# Whole-number settings and their smallest valid value (None: any integer). The libraries that read
+# them (torch's DataLoader, the lr scaling, Lightning's loops) reject them only once model and data
+# are built, with a traceback; a null value means "not used" and is left to its reader.
+_WHOLE_NUMBERS: dict[str, int | None] = {
+    "seed": None,
+    "data.batch_size": 1,
+    "data.test_batch_size": 1,
+    "data.num_workers": 0,
+    "trainer.accumulate_grad_batches": 1,
+}
+
+
+def check_whole_numbers(cfg: DictConfig) -> None:
+    """Batch sizes, worker counts, gradient accumulation and the seed are integers in range."""
+    for key, minimum in _WHOLE_NUMBERS.items():
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value}: expected a whole number" + (f" >= {minimum}" if minimum is not None
+                                                                             else ""))
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"{key}={value}: expected a whole number >= {minimum}")
+
+
 def check_composition(cfg: DictConfig, multirun: bool = False, launcher: str = "basic") -> None:
     """Everything that can be checked from the config alone."""
     check_missing_values(cfg)
+    check_whole_numbers(cfg)
     check_data_kind(cfg)
     check_gradient_clipping(cfg)
     check_optimization(cfg)

@@ -20,13 +20,16 @@ from typing import Any
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from carafe_exp import loggers as run_loggers
 from carafe_exp.callbacks import RunIdentity, ThroughputTimer
 from carafe_exp.checkpoint_inspection import CheckpointFile, resolve_ckpt_path
+from carafe_exp.errors import ConfigError
 from carafe_exp.preflight import check_config
 from carafe_exp.run_name import model_description, run_name
 from carafe_exp.run_record import (METRICS_FILE, STATUS_COMPLETED, build_record, device_description, read_record,
@@ -111,6 +114,23 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     return callbacks
 
 
+def build_trainer(node: DictConfig, **kwargs: Any) -> L.Trainer:
+    """The Lightning Trainer of ``trainer.*``; settings Lightning refuses are one ``ConfigError`` line.
+
+    Lightning validates its arguments (devices, precision, max_epochs, strategy, ...) when the
+    Trainer is built; its message names the argument, and nothing else is built from them here.
+    """
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, (MisconfigurationException, ValueError, TypeError)):
+            reason = " ".join(str(cause).split())
+            raise ConfigError(f"the trainer settings (trainer.*, schedule.max_epochs/max_steps) are not valid: "
+                              f"{reason}") from error
+        raise
+
+
 def _limits(cfg: DictConfig) -> tuple[int | None, int | None]:
     max_epochs = cfg.trainer.get("max_epochs")
     max_steps = cfg.trainer.get("max_steps", -1)
@@ -171,7 +191,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     callbacks += [timer, RunIdentity(description)]
     loggers = run_loggers.build_loggers(cfg, name, description)
     # ``callbacks=none`` means none: no checkpoint, progress bar or summary that Lightning adds by itself.
-    trainer: L.Trainer = instantiate(
+    trainer = build_trainer(
         cfg.trainer, callbacks=callbacks, logger=loggers or False,
         enable_checkpointing=any(isinstance(cb, ModelCheckpoint) for cb in callbacks),
         enable_progress_bar=any(isinstance(cb, ProgressBar) for cb in callbacks),

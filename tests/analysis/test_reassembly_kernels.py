@@ -59,3 +59,14 @@ def test_accumulated_region_of_a_chain() -> None:
     assert sorted({y for y, _ in regions[1]}) == [2, 3, 4, 5]
     assert sorted({x for _, x in regions[1]}) == [2, 3, 4, 5]
     assert max(regions[2].values()) > min(regions[2].values()) > 0
+
+
+@pytest.mark.parametrize("size", ["0", "-3", "big"])
+def test_visualize_refuses_a_size_that_is_not_positive(size: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--size 0`` fed a 1x1 image to the network and drew a picture of nothing."""
+    from carafe_exp.analysis.visualize import main as visualize_main
+
+    with pytest.raises(SystemExit) as exited:
+        visualize_main(["run", "image.jpg", "--size", size])
+    assert exited.value.code == 2
+    assert "--size: a size is a whole number of pixels >= 1" in capsys.readouterr().err

@@ -43,3 +43,21 @@ def test_table_and_plot_logged_offline_to_the_sweeps_group(tmp_path: Path, monke
     # the group is the sweep directory's name, the group every job of the sweep logged to.
     log = next(runs[0].glob("*.wandb")).read_bytes()
     assert b"12-00-00-000000" in log and b"paper-table" in log and b"carafe/table10" in log
+
+
+def test_group_is_the_one_the_jobs_logged_to_even_from_inside_the_sweep(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """``carafe-tables . --wandb`` run inside the sweep directory named the group '' (``Path('.').name``)."""
+    from carafe_exp.analysis.run_records import load_run_records
+    from carafe_exp.analysis.table_wandb import sweep_group
+
+    sweep = tmp_path / "multirun" / "12-00-00-000000"
+    write_run(sweep, "carafe/table10", paper_table("carafe/table10").run_rows[2].job_overrides(), {})
+    monkeypatch.chdir(sweep)
+    records, _ = load_run_records(["."])
+    assert sweep_group(records) == "12-00-00-000000"
+    # A group the jobs logged to (metrics.json ``wandb.group``) wins over the directory's name.
+    record = json.loads(records[0].path.read_text())
+    record["wandb"] = {"group": "my-group"}
+    records[0].path.write_text(json.dumps(record))
+    assert sweep_group(load_run_records(["."])[0]) == "my-group"

@@ -37,9 +37,20 @@ def _one_error_line(result) -> str:
         (["schedule.policy=linear"], ["schedule.policy=linear: unknown lr policy", "step, poly, cosine, constant"]),
         (["task.module.optimizer.name=rmsprop"],
          ["task.module.optimizer.name=rmsprop: unknown optimizer", "sgd, adam, adamw"]),
+        # Each of these was a traceback from the lr scaling, the DataLoader or Lightning's Trainer.
+        ([*TINY_CLASSIFICATION, "data.batch_size=0"], ["data.batch_size=0: expected a whole number >= 1"]),
+        ([*TINY_CLASSIFICATION, "data.num_workers=-1"], ["data.num_workers=-1: expected a whole number >= 0"]),
+        ([*TINY_CLASSIFICATION, "trainer.accumulate_grad_batches=0"],
+         ["trainer.accumulate_grad_batches=0: expected a whole number >= 1"]),
+        ([*TINY_CLASSIFICATION, "trainer.devices=0"], ["trainer settings", "Trainer(devices=0)"]),
+        ([*TINY_CLASSIFICATION, "trainer.precision=bogus"], ["trainer settings", "Precision 'bogus' is invalid"]),
+        ([*TINY_CLASSIFICATION, "schedule.max_epochs=-5"], ["trainer settings", "max_epochs", "-5"]),
+        (["task=classification", "schedule=90e", "schedule.warmup_iters=100"],
+         ["schedule.warmup_epochs=5 and schedule.warmup_iters=100 both set the warm-up"]),
     ],
     ids=["coco-without-root", "imagenet-without-root", "task-data-mismatch", "k_down", "clip-with-manual-optim",
-         "lr-policy", "optimizer"],
+         "lr-policy", "optimizer", "batch-size-0", "negative-workers", "accumulate-0", "devices-0",
+         "precision", "negative-epochs", "warmup-twice"],
 )
 def test_config_errors_are_one_line(args: list[str], expected: list[str], cli_env: dict[str, str],
                                     tmp_path: Path) -> None:

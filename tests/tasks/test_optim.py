@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from carafe_exp.errors import ConfigError
 from carafe_exp.tasks.optim import build_lr_scheduler, build_optimizer, lr_factor, scaled_lr, scaled_warmup_iters
 
 
@@ -76,3 +77,19 @@ def test_warmup_scales_with_the_batch_like_the_lr() -> None:
     # Without the flag the warm-up stays in iterations.
     schedule["warmup_scales_with_batch"] = False
     assert lrs(16, 2, [250, 500]) == pytest.approx([2 / 3, 1.0])
+
+
+def test_warmup_in_epochs_covers_those_epochs_at_any_batch() -> None:
+    """Goyal et al. 2017 §5.1: the gradual warm-up spans the first 5 epochs, whatever the batch."""
+    schedule = {"policy": "constant", "warmup_epochs": 5, "warmup_factor": 0.25, "warmup_scales_with_batch": True}
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_lr_scheduler(optimizer, schedule, total_steps=9000, steps_per_epoch=100,
+                                   base_batch_size=1024, total_batch_size=256)
+    assert [scheduler.lr_lambdas[0](step) for step in (0, 250, 500, 501)] == pytest.approx([0.25, 0.625, 1.0, 1.0])
+
+
+def test_warmup_given_twice_is_a_config_error() -> None:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ConfigError, match="schedule.warmup_epochs=5 and schedule.warmup_iters=500"):
+        build_lr_scheduler(optimizer, {"policy": "step", "warmup_epochs": 5, "warmup_iters": 500}, total_steps=10,
+                           steps_per_epoch=5)

@@ -3,12 +3,12 @@
 The W&B run joins the group the sweep's jobs logged to (their ``logger.wandb.group``, else the
 sweep directory's name, which is the group a sweep's jobs get by default), so the table sits
 beside the jobs on the dashboard. Without a W&B login it is written offline under
-``<sweep dir>/wandb`` (``wandb sync`` uploads it later); ``WANDB_MODE`` is honoured.
+``<sweep dir>/wandb`` (``wandb sync`` uploads it later); online or offline is decided as for a
+run's own W&B logger (:func:`carafe_exp.loggers.wandb_mode`: ``WANDB_MODE``, then credentials).
 """
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,16 +17,20 @@ from typing import Any
 from carafe_exp.analysis.run_records import RunRecord
 from carafe_exp.analysis.table_formats import format_value
 from carafe_exp.analysis.table_results import TableResult
+from carafe_exp.loggers import sweep_group as job_group
+from carafe_exp.loggers import wandb_mode
 
 DEFAULT_PROJECT = "carafe-exp"
 
 
 def sweep_group(records: Sequence[RunRecord]) -> str | None:
-    """The W&B group of the runs: the one they logged to, else their sweep directory's name."""
+    """The W&B group of the runs: the one they logged to (metrics.json ``wandb.group``, else their
+    ``logger.wandb.group``), else their sweep directory's name as the jobs' loggers name it."""
     groups = []
     for run in records:
         logger_cfg = (run.config.get("logger") or {}).get("wandb") or {}
-        groups.append(logger_cfg.get("group") or run.run_dir.parent.name)
+        logged = (run.data.get("wandb") or {}).get("group") if isinstance(run.data.get("wandb"), dict) else None
+        groups.append(logged or logger_cfg.get("group") or job_group(run.run_dir.parent))
     return Counter(groups).most_common(1)[0][0] if groups else None
 
 
@@ -36,16 +40,6 @@ def _project(records: Sequence[RunRecord]) -> str:
         if project:
             return str(project)
     return DEFAULT_PROJECT
-
-
-def wandb_mode() -> str:
-    """``WANDB_MODE`` if set, else online when W&B has an API key (env or netrc), else offline."""
-    mode = os.environ.get("WANDB_MODE")
-    if mode:
-        return mode
-    import wandb
-
-    return "online" if wandb.api.api_key else "offline"
 
 
 def table_rows(result: TableResult) -> tuple[list[str], list[list[Any]]]:
@@ -70,7 +64,7 @@ def log_table_to_wandb(result: TableResult, records: Sequence[RunRecord], plot: 
     group = sweep_group(records)
     directory.mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=_project(records), group=group, job_type="paper-table",
-                     name=f"{result.table.id.replace('/', '-')}", dir=str(directory), mode=wandb_mode(),
+                     name=f"{result.table.id.replace('/', '-')}", dir=str(directory), mode=wandb_mode(None),
                      config={"table": result.table.id, "paper": result.table.paper_title,
                              "runs": [str(r.run_dir) for r in records]},
                      tags=["table", result.table.id], reinit="finish_previous")
@@ -92,4 +86,4 @@ def log_table_to_wandb(result: TableResult, records: Sequence[RunRecord], plot: 
         wandb.teardown()
 
 
-__all__ = ["log_table_to_wandb", "sweep_group", "table_rows", "wandb_mode"]
+__all__ = ["log_table_to_wandb", "sweep_group", "table_rows"]

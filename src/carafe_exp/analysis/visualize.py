@@ -239,6 +239,16 @@ def _parse_point(text: str) -> tuple[float, float]:
     return x, y
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a size is a whole number of pixels >= 1, got {text!r}")
+    return value
+
+
 def _log_png(run_dir: Path, logger: str, tag: str, png: Path) -> list[str]:
     from carafe_exp.image_logging import log_image
 
@@ -249,10 +259,10 @@ def _log_png(run_dir: Path, logger: str, tag: str, png: Path) -> list[str]:
     else:
         from lightning.pytorch.loggers import WandbLogger
 
-        from carafe_exp.analysis.table_wandb import wandb_mode
+        from carafe_exp.loggers import wandb_mode
 
         target = WandbLogger(project="carafe-exp", save_dir=str(run_dir), name=f"reassembly-{run_dir.name}",
-                             offline=wandb_mode() != "online", job_type="visualize")
+                             offline=wandb_mode(None) != "online", job_type="visualize")
     with Image.open(png) as picture:
         written = log_image([target], tag, picture.convert("RGB"), step=0)
     if logger == "tensorboard":
@@ -273,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--points", nargs="+", type=_parse_point, metavar="X,Y",
                         help="image locations in pixels (default: three across the image)")
     parser.add_argument("--out", help="PNG to write (default: <run dir>/reassembly/<image name>.png)")
-    parser.add_argument("--size", type=int, default=224, help="short side fed to a classifier (default 224)")
+    parser.add_argument("--size", type=_positive_int, default=224, help="short side fed to a classifier (default 224)")
     parser.add_argument("--logger", choices=("none", "tensorboard", "wandb"), default="none",
                         help="also log the picture to the run's TensorBoard or W&B (offline without login)")
     args = parser.parse_args(argv)

@@ -22,7 +22,7 @@ def build_resnet_classifier(num_classes: int, upsampler: str | Mapping[str, Any]
                             backbone: Mapping[str, Any] | None = None) -> ResNet:
     """ResNet-``backbone.depth`` for ``num_classes`` with ``downsampler`` at the backbone site if enabled.
 
-    ``backbone`` holds depth, weights, allow_download and strict (see
+    ``backbone`` holds depth, weights, allow_download, strict and zero_init_residual (see
     :func:`~carafe_exp.models.resnet.build_resnet`; the network is modified before the weights load).
     ``upsampler`` is accepted for a uniform model-builder signature; a classifier has no upsampling site.
     """
@@ -31,15 +31,16 @@ def build_resnet_classifier(num_classes: int, upsampler: str | Mapping[str, Any]
     if unknown:
         raise ConfigError(f"resnet classifier has only the 'backbone' site, got {unknown}")
     backbone = dict(backbone or {})
-    unknown = sorted(set(backbone) - {"depth", "weights", "allow_download", "strict"})
+    allowed = ("depth", "weights", "allow_download", "strict", "zero_init_residual")
+    unknown = sorted(set(backbone) - set(allowed))
     if unknown:
-        raise ConfigError(f"model.backbone got unknown key(s) {unknown}; allowed: depth, weights, allow_download, "
-                          f"strict")
+        raise ConfigError(f"model.backbone got unknown key(s) {unknown}; allowed: {', '.join(allowed)}")
     name, _ = split_spec(downsampler)
     site_on = bool(sites.get("backbone", False))
     model = build_resnet(depth=int(backbone.get("depth", 50)), weights=backbone.get("weights"),
                          num_classes=num_classes, allow_download=bool(backbone.get("allow_download", False)),
-                         downsampler=downsampler if site_on else None, strict=bool(backbone.get("strict", True)))
+                         downsampler=downsampler if site_on else None, strict=bool(backbone.get("strict", True)),
+                         zero_init_residual=bool(backbone.get("zero_init_residual", False)))
     if not site_on and name != ORIGINAL_DOWNSAMPLER:
         log.warning("downsampler=%s is not used: model.sites.backbone is false", name)
     if upsampler is not None and split_spec(upsampler)[0] != "nearest":

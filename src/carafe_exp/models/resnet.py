@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torchvision
+from torch import nn
 from torchvision.models import ResNet
 
 from carafe_exp.errors import ConfigError
@@ -33,7 +34,7 @@ RESNET_DEPTHS = (18, 34, 50, 101, 152)
 
 def build_resnet(depth: int = 50, weights: str | None = None, num_classes: int = 1000,
                  allow_download: bool = False, downsampler: str | Mapping[str, Any] | None = None,
-                 strict: bool = True) -> ResNet:
+                 strict: bool = True, zero_init_residual: bool = False) -> ResNet:
     """A torchvision ``resnet<depth>`` with ``num_classes`` outputs, ``downsampler`` at its backbone site.
 
     ``downsampler``: None or ``conv`` keeps the original network; any other downsampler (a
@@ -47,6 +48,9 @@ def build_resnet(depth: int = 50, weights: str | None = None, num_classes: int =
 
     Every tensor must load, except a classifier head of another size, which keeps its fresh
     initialisation; ``strict=False`` loads what fits and logs the rest.
+
+    ``zero_init_residual``: the last BatchNorm of every residual branch starts with γ = 0 (Goyal
+    et al. 2017 §5.1), after the downsamplers are in, so modified blocks get it too.
     """
     if depth not in RESNET_DEPTHS:
         raise ConfigError(f"model.backbone.depth={depth} is not a ResNet depth; choose one of {RESNET_DEPTHS}")
@@ -54,6 +58,8 @@ def build_resnet(depth: int = 50, weights: str | None = None, num_classes: int =
     model: ResNet = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
     if downsampler is not None:
         replace_backbone_downsampling(model, downsampler)
+    if zero_init_residual:
+        zero_init_last_norms(model)
     if weights:
         weights = str(weights)
         if not looks_like_path(weights):
@@ -68,4 +74,19 @@ def build_resnet(depth: int = 50, weights: str | None = None, num_classes: int =
     return model
 
 
-__all__ = ["RESNET_DEPTHS", "build_resnet"]
+def zero_init_last_norms(model: ResNet) -> None:
+    """γ = 0 in the last BatchNorm of each residual branch (``bn3`` of a bottleneck, ``bn2`` of a basic block).
+
+    Each block then starts as the identity, which Goyal et al. found to ease large-batch training.
+    torchvision's own ``zero_init_residual`` runs before the backbone site replaces blocks; this
+    runs after.
+    """
+    for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
+        for block in stage:
+            last_norm = getattr(block, "bn3", None) or getattr(block, "bn2", None)
+            if not isinstance(last_norm, nn.BatchNorm2d):
+                raise ConfigError(f"zero_init_residual: {type(block).__name__} has no last BatchNorm (bn3/bn2)")
+            nn.init.zeros_(last_norm.weight)
+
+
+__all__ = ["RESNET_DEPTHS", "build_resnet", "zero_init_last_norms"]

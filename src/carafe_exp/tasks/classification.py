@@ -11,15 +11,19 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from carafe_exp.tasks.base import ResamplingTask
+from carafe_exp.tasks.optim import is_norm_parameter, weight_decay_groups
 
 
 class ClassificationTask(ResamplingTask):
     """Trains ``model`` (images → logits) and reports ``top1``/``top5`` in percent and inference ``fps``."""
 
     def __init__(self, model: nn.Module, optimizer: Mapping[str, Any], schedule: Mapping[str, Any],
-                 label_smoothing: float = 0.0, fps: Mapping[str, Any] | None = None) -> None:
+                 label_smoothing: float = 0.0, norm_weight_decay: bool = True,
+                 fps: Mapping[str, Any] | None = None) -> None:
         super().__init__(model, optimizer, schedule, fps=fps)
         self.label_smoothing = float(label_smoothing)
+        # False: BatchNorm's γ and β get no weight decay (Goyal et al. 2017 §5.1).
+        self.norm_weight_decay = bool(norm_weight_decay)
         num_classes = self._num_classes(model)
         top_k = min(5, num_classes)
         self.metrics = nn.ModuleDict({
@@ -33,6 +37,11 @@ class ClassificationTask(ResamplingTask):
         if isinstance(head, nn.Linear):
             return head.out_features
         raise TypeError(f"cannot tell the number of classes of {type(model).__name__}: it has no Linear `fc`")
+
+    def parameter_groups(self) -> Any:
+        if self.norm_weight_decay:
+            return super().parameter_groups()
+        return weight_decay_groups(self, is_norm_parameter)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)

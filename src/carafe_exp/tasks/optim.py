@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
+from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from carafe_exp.errors import ConfigError
@@ -24,6 +25,24 @@ log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_POLICIES = ("step", "poly", "cosine", "constant")
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def is_norm_parameter(name: str, parameter: nn.Parameter, module: nn.Module) -> bool:
+    """An affine parameter of a normalisation layer (BatchNorm's γ and β)."""
+    return isinstance(module, NORM_LAYERS)
+
+
+def weight_decay_groups(root: nn.Module, exempt: Callable[[str, nn.Parameter, nn.Module], bool]
+                        ) -> list[dict[str, Any]]:
+    """The trainable parameters of ``root`` in two optimiser groups: with weight decay, and without
+    (those ``exempt(name, parameter, owning module)`` selects)."""
+    decay, no_decay = [], []
+    for module in root.modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            if parameter.requires_grad:
+                (no_decay if exempt(name, parameter, module) else decay).append(parameter)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def scaled_lr(lr: float, base_batch_size: int, total_batch_size: int) -> float:
@@ -87,16 +106,32 @@ def scaled_warmup_iters(warmup_iters: int, base_batch_size: int, total_batch_siz
     return int(round(warmup_iters * base_batch_size / total_batch_size))
 
 
+def check_warmup(schedule: Mapping[str, Any]) -> None:
+    """The warm-up is given once: in iterations or in epochs."""
+    warmup_iters = schedule.get("warmup_iters", 0) or 0
+    warmup_epochs = schedule.get("warmup_epochs", 0) or 0
+    if float(warmup_iters) > 0 and float(warmup_epochs) > 0:
+        raise ConfigError(f"schedule.warmup_epochs={warmup_epochs} and schedule.warmup_iters={warmup_iters} both set "
+                          "the warm-up: give one of them (the other 0)")
+
+
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, schedule: Mapping[str, Any], total_steps: int,
                        steps_per_epoch: int, base_batch_size: int | None = None,
                        total_batch_size: int | None = None) -> LambdaLR:
     """A per-step LambdaLR following ``schedule`` (policy, milestones, gamma, power, warm-up).
 
-    With ``schedule.warmup_scales_with_batch`` and both batch sizes given, the warm-up length is
-    scaled by ``base_batch_size / total_batch_size`` (:func:`scaled_warmup_iters`) and logged.
+    The warm-up is ``schedule.warmup_iters`` optimiser steps, or ``schedule.warmup_epochs`` epochs
+    (Goyal et al.'s gradual warm-up, the same number of images at any batch). With
+    ``schedule.warmup_scales_with_batch`` and both batch sizes given, a warm-up given in
+    iterations is scaled by ``base_batch_size / total_batch_size`` (:func:`scaled_warmup_iters`).
     """
-    warmup_iters = int(schedule.get("warmup_iters", 0))
-    if schedule.get("warmup_scales_with_batch", False) and base_batch_size and total_batch_size \
+    check_warmup(schedule)
+    warmup_iters = int(schedule.get("warmup_iters", 0) or 0)
+    warmup_epochs = float(schedule.get("warmup_epochs", 0) or 0)
+    if warmup_epochs > 0:
+        warmup_iters = int(round(warmup_epochs * steps_per_epoch))
+        log.info("warm-up over %g epochs: %d iterations", warmup_epochs, warmup_iters)
+    elif schedule.get("warmup_scales_with_batch", False) and base_batch_size and total_batch_size \
             and base_batch_size != total_batch_size:
         scaled = scaled_warmup_iters(warmup_iters, base_batch_size, total_batch_size)
         log.info("warm-up scaled with the batch: %d iterations at batch %d -> %d iterations at batch %d",

@@ -29,6 +29,7 @@ from torch import nn
 from carafe_exp.errors import ConfigError
 from carafe_exp.metrics.segmentation import SegmentationMetric
 from carafe_exp.tasks.base import ResamplingTask
+from carafe_exp.tasks.optim import is_norm_parameter, weight_decay_groups
 
 LOSS_RESOLUTIONS = ("quarter", "full")
 # Output stride of UperNet's prediction (its finest pyramid level, P2).
@@ -71,8 +72,7 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, resolution: st
 
 def is_no_decay(name: str, parameter: nn.Parameter, module: nn.Module) -> bool:
     """Biases and every parameter of a normalisation layer (CSAIL's ``group_weight``)."""
-    return parameter.ndim <= 1 or name == "bias" or isinstance(
-        module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm))
+    return parameter.ndim <= 1 or name == "bias" or is_norm_parameter(name, parameter, module)
 
 
 class SegmentationTask(ResamplingTask):
@@ -105,12 +105,7 @@ class SegmentationTask(ResamplingTask):
     def parameter_groups(self) -> Any:
         if self.norm_bias_weight_decay:
             return super().parameter_groups()
-        decay, no_decay = [], []
-        for module in self.modules():
-            for name, parameter in module.named_parameters(recurse=False):
-                if parameter.requires_grad:
-                    (no_decay if is_no_decay(name, parameter, module) else decay).append(parameter)
-        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return weight_decay_groups(self, is_no_decay)
 
     # -- data ------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:

@@ -419,6 +419,18 @@ def test_classification_tables_follow_goyal_et_al(experiment: str) -> None:
     assert {id(model.fc.bias), id(model.conv1.weight)} <= {id(p) for p in decay["params"]}
 
 
+@pytest.mark.parametrize(("task", "synchronised"), [
+    ("classification", False),  # CARAFE++ §5.1 (64 per GPU); Goyal et al. §5.1: BN statistics per worker
+    ("detection", False),       # mmdetection v1 configs/carafe/*: norm_cfg BN, norm_eval (frozen)
+    ("segmentation", True),     # CSAIL semantic-segmentation-pytorch: SynchronizedBatchNorm2d throughout
+])
+def test_multi_gpu_batchnorm_is_the_references(task: str, synchronised: bool) -> None:
+    cfg = _compose([f"task={task}", "trainer=ddp"])
+    assert cfg.trainer.sync_batchnorm is synchronised
+    assert _compose([f"task={task}", "trainer=ddp", f"trainer.sync_batchnorm={not synchronised}"]) \
+        .trainer.sync_batchnorm is (not synchronised)  # the user's explicit choice wins
+
+
 # -- 9. the pretrained chain, as a user runs it ----------------------------------------------------
 
 TINY_R50_CLASSIFICATION = [a for a in TINY_CLASSIFICATION if not a.startswith(("model.backbone.depth", "callbacks"))]

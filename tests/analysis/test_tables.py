@@ -182,3 +182,17 @@ def test_runs_left_out_for_one_reason_are_one_note(tmp_path: Path) -> None:
     assert len(result.outsiders) == 2
     notes = [note for note in result.footnotes() if note.startswith("Not in this table")]
     assert len(notes) == 1 and "(2 runs)" in notes[0] and "model.backbone.depth=101" in notes[0], notes
+
+
+def test_a_fast_dev_run_is_not_a_result(tmp_path: Path) -> None:
+    # trainer.fast_dev_run trains and tests on one batch: its numbers must not fill a row.
+    rows = paper_table("carafe/table4").run_rows
+    path = write_run(tmp_path, "carafe/table4", rows[0].job_overrides(), paper_minus_offset("carafe/table4", 0))
+    record = json.loads(path.read_text())
+    record["config"]["trainer"] = {"fast_dev_run": True}
+    write_json_atomic(path, record)
+    records, _ = load_run_records([tmp_path])
+    result = assemble_table(paper_table("carafe/table4"), records)
+    assert result.rows[0].status == "missing" and not result.rows[0].runs
+    notes = [note for note in result.footnotes() if note.startswith("Not in this table")]
+    assert len(notes) == 1 and "fast_dev_run" in notes[0], notes

@@ -206,6 +206,10 @@ def assemble_table(table: PaperTable, records: Sequence[RunRecord], columns: Seq
     sample_data = 0
     for run in records:
         run_flat = flatten(run.config)
+        if run_flat.get("trainer.fast_dev_run") not in (None, False, 0):
+            # Lightning's fast_dev_run trains and tests on one batch: a smoke test, not a result.
+            outsiders.append((run, "trainer.fast_dev_run (one batch): a smoke test, not a result"))
+            continue
         if not run_flat:
             matched = [row for row in run_rows if _job_matches(run, row)]
         else:

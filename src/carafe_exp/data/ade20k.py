@@ -24,7 +24,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -39,6 +38,7 @@ from carafe_exp.data.segmentation_transforms import (
     TrainBatch,
     collate_eval,
 )
+from carafe_exp.data.split_module import SplitDataModule
 from carafe_exp.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class ADE20KSegmentation(Dataset):
         return image, label, index
 
 
-class ADE20KDataModule(L.LightningDataModule):
+class ADE20KDataModule(SplitDataModule):
     """ADE20K (or the generated sample, with ``sample``) for the segmentation task.
 
     ``batch_size`` is the training batch per device (the paper: 2 on each of 8 GPUs); evaluation
@@ -195,14 +195,6 @@ class ADE20KDataModule(L.LightningDataModule):
             self._datasets[key] = ADE20KSegmentation(self.root, split, self.num_classes, transform=transform)
             log.info("ADE20K %s: %d images", split, len(self._datasets[key]))
         return self._datasets[key]
-
-    def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit"):
-            self._dataset(self.train_split, train=True)
-        if stage in (None, "fit", "validate"):
-            self._dataset(self.val_split, train=False)
-        if stage in (None, "test"):
-            self._dataset(self.test_split, train=False)
 
     def train_collate(self) -> TrainBatch:
         return TrainBatch(self.train_short_sides, self.max_long_side, self.flip_prob, self.size_divisor,

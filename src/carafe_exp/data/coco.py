@@ -31,7 +31,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -42,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from carafe_exp.data import coco_splits
 from carafe_exp.data.detection_transforms import Compose, build_detection_transforms
 from carafe_exp.data.group_sampler import GroupedBatchSampler, aspect_ratio_groups
+from carafe_exp.data.split_module import SplitDataModule
 from carafe_exp.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ def collate_detection(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> t
     return list(images), list(targets)
 
 
-class CocoDataModule(L.LightningDataModule):
+class CocoDataModule(SplitDataModule):
     """COCO 2017 (or the generated sample, with ``sample``) for the detection task.
 
     ``min_size``/``max_size`` are the input scale of this data (800/1333 for COCO) and ``rcnn``
@@ -340,14 +340,6 @@ class CocoDataModule(L.LightningDataModule):
             differ = sorted(set(dataset.category_ids) ^ set(self.label_to_category_id))[:5]
             raise DataError(f"{dataset.ann_file} lists other categories than {expected} (e.g. ids {differ}); "
                             f"every split must list the same 'categories'")
-
-    def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit"):
-            self._dataset(self.train_split, train=True)
-        if stage in (None, "fit", "validate"):
-            self._dataset(self.val_split, train=False)
-        if stage in (None, "test"):
-            self._dataset(self.test_split, train=False)
 
     def _loader(self, dataset: CocoDetection, shuffle: bool, batch_size: int | None = None) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size or self.batch_size, shuffle=shuffle, num_workers=self.num_workers,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,6 +93,56 @@ def test_build_directory_is_keyed_by_torch_device_and_sources(monkeypatch: pytes
 
 def test_loaded_extension_has_cuda_kernels_exactly_when_requested(compiled_extension) -> None:
     assert compiled_extension.has_cuda == extension.cuda_requested()
+
+
+def test_packaged_ninja_is_used_without_an_activated_environment(tmp_path: Path, compiled_extension) -> None:
+    """`.venv/bin/python` (the Makefile, a non-activated venv) has the ninja wheel's binary off PATH.
+
+    torch runs `ninja` from PATH, so a fresh process used to fail the build ("Ninja is required")
+    and fall back to the reference for every call, although ninja is a dependency and installed.
+    """
+    bin_dir = tmp_path / "bin"  # the compiler, but no ninja
+    bin_dir.mkdir()
+    for tool in ("c++", "g++", "gcc"):
+        if shutil.which(tool):
+            (bin_dir / tool).symlink_to(shutil.which(tool))
+    library = Path(compiled_extension.__file__)
+    built_at = library.stat().st_mtime_ns
+    script = (
+        "import shutil; from torch.utils import cpp_extension; from carafe_exp.ops import extension; "
+        "print(cpp_extension.is_ninja_available()); print(extension.build().__file__); print(shutil.which('ninja'))"
+    )
+    env = {**os.environ, "PATH": str(bin_dir)}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ninja_before, loaded, ninja_after = result.stdout.split()[-3:]
+    assert ninja_before == "False"  # the situation: torch alone finds no ninja
+    assert Path(loaded) == library and library.stat().st_mtime_ns == built_at  # the cached build, not rebuilt
+    import ninja
+
+    assert ninja_after == shutil.which("ninja", path=ninja.BIN_DIR)
+
+
+def test_unusable_cache_directory_falls_back_like_a_failed_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A cache path that cannot be created (read-only home, a file in the way) is a build failure, not an OSError."""
+    import functools
+
+    from carafe_exp.ops import backend, carafe, reassemble_reference
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv(extension.EXT_DIR_ENV, str(blocker / "ext"))
+    with pytest.raises(extension.ExtensionBuildError, match=r"\$CARAFE_EXP_EXT_DIR moves it"):
+        extension.build(with_cuda=False)
+    with pytest.raises(extension.ExtensionBuildError, match="Not a directory"):
+        extension.build_emulation()
+    # carafe() in a process whose first build attempt meets that cache: the reference, with the warning.
+    monkeypatch.setattr(backend, "_state", {})
+    monkeypatch.setattr(extension, "_load_cached", functools.lru_cache(maxsize=None)(extension._load_cached.__wrapped__))
+    features, kernels = torch.randn(1, 2, 3, 3), torch.rand(1, 9, 6, 6)
+    with pytest.warns(RuntimeWarning, match="compiled extension is unavailable.*Not a directory"):
+        out = carafe(features, kernels, 3, 2, backend="auto")
+    torch.testing.assert_close(out, reassemble_reference(features, kernels, 3, 2, 1, False))
 
 
 def _fake_toolkit(root: Path, lib: str = "lib64") -> Path:

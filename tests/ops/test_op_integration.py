@@ -98,3 +98,16 @@ def test_autocast_runs_in_the_promoted_dtype(backend: str, compiled_extension) -
     torch.testing.assert_close(out, expected)
     with pytest.raises(TypeError, match="same dtype"):
         carafe(low_features, kernels, 3, 2, backend=backend)  # outside autocast: an error
+
+
+def test_torch_export_with_dynamic_sizes_of_the_downsampler(compiled_extension) -> None:
+    """CARAFE++ downsampling exports with symbolic H, W: the op's ⌈H/s⌉ must be the encoder conv's own
+    expression, else the kernel-shape check is a guard torch.export cannot prove ("Constraints violated")."""
+    from carafe_exp.resample import build_downsampler
+
+    module = build_downsampler("carafe", 8, 2, backend="compiled").eval()
+    height, width = torch.export.Dim("height", min=3, max=64), torch.export.Dim("width", min=3, max=64)
+    program = torch.export.export(module, (torch.randn(1, 8, 6, 8),), dynamic_shapes={"x": {2: height, 3: width}})
+    for size in ((7, 9), (10, 5)):
+        features = torch.randn(1, 8, *size)
+        torch.testing.assert_close(program.module()(features), module(features))

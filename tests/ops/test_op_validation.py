@@ -10,6 +10,7 @@ import textwrap
 import pytest
 import torch
 
+from carafe_exp.errors import ConfigError
 from carafe_exp.ops import backend as backend_module
 from carafe_exp.ops import carafe, carafe_down, extension
 from ops.op_cases import random_case
@@ -62,8 +63,15 @@ def test_unknown_backend_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="backend must be one of auto, compiled, reference.*'fast'"):
         carafe(**arguments, backend="fast")
     monkeypatch.setenv(backend_module.BACKEND_ENV, "cuda")
-    with pytest.raises(ValueError, match=r"\$CARAFE_EXP_BACKEND must be one of"):
+    # A ConfigError (still a ValueError), which the CLI prints as one line instead of a traceback.
+    with pytest.raises(ConfigError, match=r"\$CARAFE_EXP_BACKEND must be one of"):
         carafe(**arguments)
+
+
+def test_unknown_cuda_kernels_setting_is_a_config_error(monkeypatch: pytest.MonkeyPatch, compiled_extension) -> None:
+    monkeypatch.setenv(extension.CUDA_KERNELS_ENV, "fast")
+    with pytest.raises(ConfigError, match=r"\$CARAFE_EXP_CUDA_KERNELS must be one of simple, tiled; got 'fast'"):
+        carafe(**_good(), backend="compiled")
 
 
 def test_environment_variable_selects_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:

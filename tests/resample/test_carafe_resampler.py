@@ -103,3 +103,13 @@ def test_downsampler_parameter_count_matches_closed_form(compressor_norm: bool) 
     # With BN the compressor drops its bias and BN adds a scale and a shift per channel.
     compressor = channels * c_m + (2 * c_m if compressor_norm else c_m)
     assert _params(module) == compressor + (c_m * k_enc**2 + 1) * k_down**2
+
+
+@pytest.mark.parametrize("build", [build_upsampler, build_downsampler], ids=["up", "down"])
+def test_unknown_backend_is_a_config_error_when_built(build) -> None:
+    """A bad ``backend`` key fails when the model is built, not at the first forward inside a training step."""
+    from carafe_exp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="backend.*'fast'.*'auto', 'compiled', 'reference'"):
+        build({"name": "carafe", "backend": "fast"}, 8, 2)
+    assert build({"name": "carafe", "backend": "reference"}, 8, 2).backend == "reference"

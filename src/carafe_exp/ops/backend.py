@@ -12,6 +12,8 @@ import warnings
 
 import torch
 
+from carafe_exp.errors import ConfigError
+
 BACKEND_ENV = "CARAFE_EXP_BACKEND"
 BACKENDS = ("auto", "compiled", "reference")
 
@@ -51,7 +53,9 @@ def _requested(backend: str | None) -> str:
     name = backend if backend is not None else os.environ.get(BACKEND_ENV, "auto") or "auto"
     if name not in BACKENDS:
         source = "backend" if backend is not None else f"${BACKEND_ENV}"
-        raise ValueError(f"{source} must be one of {', '.join(BACKENDS)} (or None); got {name!r}")
+        # A ConfigError (a ValueError): the setting usually comes from the environment or a config
+        # key, and the CLI answers it with one line instead of a traceback from inside training.
+        raise ConfigError(f"{source} must be one of {', '.join(BACKENDS)} (or None); got {name!r}")
     return name
 
 

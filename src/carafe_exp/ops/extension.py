@@ -29,12 +29,15 @@ import functools
 import logging
 import os
 import platform
+import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
+from carafe_exp.errors import ConfigError
 from carafe_exp.ops import sources
 from carafe_exp.ops.cuda_toolkit import configure_cuda_home
 
@@ -108,6 +111,44 @@ def build_directory(with_cuda: bool, cuda_flags: list[str]) -> Path:
     return base / f"{torch.__version__.replace('+', '_')}-{tag}-{digest}"
 
 
+def _use_packaged_ninja() -> None:
+    """Put the ninja of the ``ninja`` wheel (a dependency) first on PATH; torch runs ``ninja`` from PATH.
+
+    The wheel installs it beside the interpreter, which is not on PATH when the environment is not
+    activated (``.venv/bin/python``, ``.venv/bin/carafe-exp``, the Makefile): torch would report
+    ninja missing and every call would fall back to the slow reference, or it would run a system
+    ninja of another version, whose build log the packaged one rejects (and vice versa), rebuilding
+    the cached extension each time the environment is used the other way.
+    """
+    try:
+        import ninja
+    except ImportError:
+        return  # a ninja on PATH serves; torch's "Ninja is required ..." error says what to install
+    bin_dir = getattr(ninja, "BIN_DIR", "")
+    packaged = shutil.which("ninja", path=bin_dir) if bin_dir else None
+    if packaged is None or shutil.which("ninja") == packaged:
+        return
+    os.environ["PATH"] = os.pathsep.join(filter(None, [bin_dir, os.environ.get("PATH", "")]))
+    logger.debug("building with the ninja package's %s", packaged)
+
+
+def _prepare_directory(directory_of: Callable[[], Path], names: tuple[str, ...]) -> tuple[Path, Path]:
+    """The build directory (created) and the sources staged in it, or ExtensionBuildError.
+
+    An unwritable cache (a read-only home, $CARAFE_EXP_EXT_DIR pointing at a file) or missing
+    sources must fall back to the reference like any other build failure, not escape as OSError.
+    """
+    try:
+        directory = directory_of()
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory, sources.stage(names, directory / "csrc")
+    except OSError as error:
+        raise ExtensionBuildError(
+            f"preparing the CARAFE extension build failed: {error} (the build cache is {_cache_root()}; "
+            f"${EXT_DIR_ENV} moves it)"
+        ) from error
+
+
 def _import_cpp_extension() -> ModuleType:
     # Its import-time "No CUDA runtime is found" warning fires on every GPU-less machine that
     # has a toolkit, including CPU-only builds where it means nothing.
@@ -143,9 +184,8 @@ def build(with_cuda: bool | None = None, verbose: bool = False) -> ModuleType:
             )
         cflags.append("-DCARAFE_WITH_CUDA")
         cuda_flags += ["-DCARAFE_WITH_CUDA", *_cuda_arch_flags()]
-    directory = build_directory(with_cuda, cuda_flags)
-    directory.mkdir(parents=True, exist_ok=True)
-    staged = sources.stage(sources.EXTENSION_FILES, directory / "csrc")
+    directory, staged = _prepare_directory(lambda: build_directory(with_cuda, cuda_flags), sources.EXTENSION_FILES)
+    _use_packaged_ninja()
     name = "carafe_exp_ext_cuda" if with_cuda else "carafe_exp_ext_cpu"
     compiled = sources.CPU_SOURCES + (sources.CUDA_SOURCES if with_cuda else ())
     try:
@@ -179,9 +219,8 @@ def build_emulation(verbose: bool = False) -> ModuleType:
     code, on CPU tensors. Raises ExtensionBuildError with the compiler's complaint when it fails.
     """
     cpp_extension = _import_cpp_extension()
-    directory = emulation_directory()
-    directory.mkdir(parents=True, exist_ok=True)
-    staged = sources.stage(sources.EMULATION_FILES, directory / "csrc")
+    directory, staged = _prepare_directory(emulation_directory, sources.EMULATION_FILES)
+    _use_packaged_ninja()
     try:
         module = cpp_extension.load(
             name="carafe_exp_cuda_emulation",
@@ -204,7 +243,8 @@ def cuda_kernels_setting() -> str | None:
     if not name:
         return None
     if name not in CUDA_KERNELS:
-        raise ValueError(f"${CUDA_KERNELS_ENV} must be one of {', '.join(CUDA_KERNELS)}; got {name!r}")
+        # A ConfigError (a ValueError), so the CLI answers it with one line (see backend._requested).
+        raise ConfigError(f"${CUDA_KERNELS_ENV} must be one of {', '.join(CUDA_KERNELS)}; got {name!r}")
     return name
 
 

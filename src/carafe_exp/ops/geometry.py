@@ -12,7 +12,10 @@ import torch
 def output_size(height: int, width: int, scale: int, down: bool) -> tuple[int, int]:
     """Spatial size of the output for an input of ``height`` × ``width``."""
     if down:
-        return (height + scale - 1) // scale, (width + scale - 1) // scale
+        # ⌈H/s⌉ written as a strided conv's output size (k odd, padding k//2): the kernel predictor's
+        # encoder produces exactly this expression, so with symbolic sizes (torch.export with dynamic
+        # H, W) the shape check is an identity instead of a guard sympy cannot prove.
+        return (height - 1) // scale + 1, (width - 1) // scale + 1
     return height * scale, width * scale
 
 

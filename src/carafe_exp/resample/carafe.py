@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from carafe_exp import ops
+from carafe_exp.ops.backend import BACKENDS
+from carafe_exp.resample.checks import check_choice
 from carafe_exp.resample.kernel_predictor import CarafeKernelPredictor
 from carafe_exp.resample.registry import register_downsampler, register_upsampler
 
@@ -38,6 +40,8 @@ class CarafeUpsample(nn.Module):
         backend: str | None = None,
     ) -> None:
         super().__init__()
+        # Checked here, not at the first forward deep inside a training step.
+        check_choice("carafe (up)", "backend", backend, (None, *BACKENDS))
         self.scale = scale
         self.kernel_size = k_up
         self.groups = groups
@@ -84,6 +88,8 @@ class CarafeDownsample(nn.Module):
         backend: str | None = None,
     ) -> None:
         super().__init__()
+        # Checked here, not at the first forward deep inside a training step.
+        check_choice("carafe (down)", "backend", backend, (None, *BACKENDS))
         self.scale = scale
         self.kernel_size = k_down
         self.groups = groups

@@ -1,4 +1,7 @@
-"""One job of ``carafe-exp``: check the config, build everything, fit and/or test, write metrics.json.
+"""One job of ``carafe-exp``: build everything, fit and/or test, write metrics.json.
+
+The config arrives checked: the CLI runs :func:`carafe_exp.preflight.check_config` first, before
+Lightning is imported, so a bad setting answers in one line without this module's imports.
 
 Data flows one way: the config instantiates the datamodule, the model (a ``build_*`` function
 that takes plain arguments), the task module, the trainer with its loggers and callbacks.
@@ -30,7 +33,6 @@ from carafe_exp import loggers as run_loggers
 from carafe_exp.callbacks import RunIdentity, ThroughputTimer
 from carafe_exp.checkpoint_inspection import CheckpointFile, resolve_ckpt_path
 from carafe_exp.errors import ConfigError
-from carafe_exp.preflight import check_config
 from carafe_exp.run_name import model_description, run_name
 from carafe_exp.run_record import (METRICS_FILE, STATUS_COMPLETED, build_record, device_description, read_record,
                                    write_record)
@@ -149,11 +151,10 @@ def _completed_record(output_dir: Path) -> dict[str, Any] | None:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run one job described by ``cfg``; return its metrics.json record (rank 0 also writes it)."""
+    """Run one job described by ``cfg`` (already checked by the CLI); return its metrics.json record (rank 0 writes it)."""
     started = time.perf_counter()
     route_lightning_logs()
     output_dir = output_dir_of_job()
-    check_config(cfg)
     _adapt_trainer(cfg)
     choices = hydra_choices()
     config = OmegaConf.to_container(cfg, resolve=True)

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from carafe_exp.analysis.experiment_jobs import SETTING_NODES, compose_experiment
 from carafe_exp.analysis.paper_numbers import paper_table
-from carafe_exp.run_record import write_json_atomic
+from carafe_exp.runs.record import write_json_atomic
 
 OFFSET = 1.5
 

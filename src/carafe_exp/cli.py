@@ -4,7 +4,7 @@
     carafe-exp -m upsampler=nearest,carafe
     carafe-exp train=false ckpt_path=outputs/runs/<date>/<time>
 
-The job itself is :func:`carafe_exp.run_loop.run`, imported when a job starts so that ``--help``,
+The job itself is :func:`carafe_exp.runs.loop.run`, imported when a job starts so that ``--help``,
 ``--cfg job`` and configuration errors answer without loading Lightning.
 
 Failures: bad input (``carafe_exp.errors.UserInputError`` anywhere in the cause chain) is one
@@ -30,14 +30,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from carafe_exp import saved_runs, sweep_report
+from carafe_exp.runs import saved as saved_runs
+from carafe_exp.sweeps import report as sweep_report
 from carafe_exp.allocator import configure_cpu_allocator
 from carafe_exp.errors import UserInputError
-from carafe_exp.override_quoting import quote_path_overrides
+from carafe_exp.sweeps.override_quoting import quote_path_overrides
 from carafe_exp.paths import config_dir
-from carafe_exp.preflight import check_config
-from carafe_exp.run_record import STATUS_FAILED, build_record, write_record
-from carafe_exp.sweep_dirname import SWEPT_KEYS_ENV, short_dirname, swept_keys_of
+from carafe_exp.runs.preflight import check_config
+from carafe_exp.runs.record import STATUS_FAILED, build_record, write_record
+from carafe_exp.sweeps.dirname import SWEPT_KEYS_ENV, short_dirname, swept_keys_of
 
 log = logging.getLogger("carafe_exp")
 
@@ -119,7 +120,7 @@ def _hydra_entry(cfg: DictConfig) -> None:
     try:
         # Configuration errors answer before Lightning is even imported.
         check_config(cfg)
-        from carafe_exp.run_loop import run
+        from carafe_exp.runs.loop import run
 
         run(cfg)
     except Exception as error:

@@ -19,7 +19,7 @@ from carafe_exp.analysis.run_records import load_run_records
 from carafe_exp.analysis.table_formats import render
 from carafe_exp.analysis.table_results import assemble_table, format_like
 from carafe_exp.analysis.tables import list_tables, main
-from carafe_exp.run_record import write_json_atomic
+from carafe_exp.runs.record import write_json_atomic
 
 
 @pytest.fixture(scope="module")

@@ -84,7 +84,7 @@ def test_logger_option_instantiates(option: str, tmp_path: Path, monkeypatch: py
 def test_callbacks_option_instantiates(option: str, tmp_path: Path) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from carafe_exp.run_loop import build_callbacks
+    from carafe_exp.runs.loop import build_callbacks
 
     cfg = compose_with([f"callbacks={option}"])
     OmegaConf.update(cfg, "paths.output_dir", str(tmp_path), force_add=True)
@@ -125,7 +125,7 @@ def test_data_option_instantiates(option: str, sample_cache: Path, monkeypatch: 
 
 def _instantiate_data(cfg):
     """The data module as the run loop builds it: ``kind`` describes the data and is no argument."""
-    from carafe_exp.run_loop import node_arguments
+    from carafe_exp.runs.loop import node_arguments
 
     return instantiate(node_arguments(cfg.data, "kind"))
 

@@ -124,7 +124,7 @@ def test_local_ddp_sweep_is_refused_only_with_several_processes(cli_env: dict[st
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """``devices: auto`` on a machine with one device is one process: the README's DDP sweep was refused."""
     from carafe_exp.errors import ConfigError
-    from carafe_exp.sweep_plan import check_sweep
+    from carafe_exp.sweeps.plan import check_sweep
 
     monkeypatch.setenv("CARAFE_EXP_CACHE", cli_env["CARAFE_EXP_CACHE"])
     if not torch.cuda.is_available() or torch.cuda.device_count() == 1:

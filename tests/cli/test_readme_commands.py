@@ -52,8 +52,8 @@ def test_the_readme_has_commands() -> None:
 @pytest.mark.parametrize("command", COMMANDS, ids=COMMANDS)
 def test_readme_command_composes_and_passes_the_checks(command: str, cli_env: dict[str, str],
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from carafe_exp.preflight import check_composition
-    from carafe_exp.sweep_plan import check_sweep, compose_job, without_hydra
+    from carafe_exp.runs.preflight import check_composition
+    from carafe_exp.sweeps.plan import check_sweep, compose_job, without_hydra
 
     arguments = _arguments(command)
     if any(flag in arguments for flag in ("--help", "-h", "--cfg", "-c", "--info", "-i")):

@@ -56,7 +56,7 @@ def test_two_job_multirun_writes_two_records(cli_env: dict[str, str], tmp_path: 
 
 
 def test_sweep_dirnames_are_short_unique_and_flat() -> None:
-    from carafe_exp.sweep_dirname import short_dirname
+    from carafe_exp.sweeps.dirname import short_dirname
 
     assert short_dirname("seed=1") == "seed=1"
     assert short_dirname("data.root=/data/coco,seed=1") == "data.root=_data_coco,seed=1"
@@ -65,7 +65,7 @@ def test_sweep_dirnames_are_short_unique_and_flat() -> None:
 
 
 def test_job_dirname_puts_swept_keys_first_and_drops_fixed_ones_that_do_not_fit() -> None:
-    from carafe_exp.sweep_dirname import job_dirname
+    from carafe_exp.sweeps.dirname import job_dirname
 
     fixed = ["model.sites.mask_head=True", "data.root=/data/coco", "trainer=ddp", "schedule=1x"]
     name = job_dirname([*fixed, "upsampler=carafe", "upsampler.k_up=5"], ["upsampler", "upsampler.k_up"])

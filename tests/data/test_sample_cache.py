@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from carafe_exp.data.sample_cache import ensure_sample
-from carafe_exp.run_record import read_record, write_json_atomic
+from carafe_exp.runs.record import read_record, write_json_atomic
 
 
 def _writer(directory: Path, count: int) -> None:

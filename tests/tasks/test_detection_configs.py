@@ -32,7 +32,7 @@ def test_detection_task_builds_faster_rcnn_with_carafe_in_the_fpn(tmp_path: Path
     cfg = _compose(["task=detection", "upsampler=carafe", "data.sample.num_train=2", "data.sample.num_val=2"])
     assert cfg.task.module.optimizer.lr == 0.02 and cfg.task.module.optimizer.base_batch_size == 16
     assert cfg.task.monitor == "val/bbox/AP"
-    from carafe_exp.run_loop import node_arguments
+    from carafe_exp.runs.loop import node_arguments
 
     # `kind` describes the data for the task check; it is not an argument of the data module.
     datamodule = instantiate(node_arguments(cfg.data, "kind"))

@@ -21,7 +21,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from carafe_exp import sweep_plan
+from carafe_exp.sweeps import plan as sweep_plan
 from carafe_exp.paths import config_dir
 
 # Config nodes a row's setting is read from (the rest, data and trainer, belong to where it runs).
@@ -55,7 +55,7 @@ def compose_experiment(experiment: str, overrides: Sequence[str] = (), hydra_con
 def sweep_jobs(experiment: str, overrides: Sequence[str] = ()) -> list[list[str]]:
     """The jobs of ``carafe-exp -m experiment=<experiment> <overrides>``: each job's sweep overrides.
 
-    Expanded by :func:`carafe_exp.sweep_plan.sweep_jobs`, as Hydra's basic sweeper does; the
+    Expanded by :func:`carafe_exp.sweeps.plan.sweep_jobs`, as Hydra's basic sweeper does; the
     ``experiment=`` override itself is left out of each job.
     """
     selection = f"experiment={experiment}"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from carafe_exp.run_record import METRICS_FILE
+from carafe_exp.runs.record import METRICS_FILE
 
 COMPLETED, FAILED = "completed", "failed"
 

@@ -4,7 +4,7 @@ The W&B run joins the group the sweep's jobs logged to (their ``logger.wandb.gro
 sweep directory's name, which is the group a sweep's jobs get by default), so the table sits
 beside the jobs on the dashboard. Without a W&B login it is written offline under
 ``<sweep dir>/wandb`` (``wandb sync`` uploads it later); online or offline is decided as for a
-run's own W&B logger (:func:`carafe_exp.loggers.wandb_mode`: ``WANDB_MODE``, then credentials).
+run's own W&B logger (:func:`carafe_exp.runs.loggers.wandb_mode`: ``WANDB_MODE``, then credentials).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 from carafe_exp.analysis.run_records import RunRecord
 from carafe_exp.analysis.table_formats import format_value
 from carafe_exp.analysis.table_results import TableResult
-from carafe_exp.loggers import sweep_group as job_group
-from carafe_exp.loggers import wandb_mode
+from carafe_exp.runs.loggers import sweep_group as job_group
+from carafe_exp.runs.loggers import wandb_mode
 
 DEFAULT_PROJECT = "carafe-exp"
 

@@ -23,7 +23,7 @@ from carafe_exp.analysis.run_records import RunRecord, load_run_records
 from carafe_exp.analysis.table_formats import FORMATS, render, runs_columns
 from carafe_exp.analysis.table_results import TableResult, assemble_table
 from carafe_exp.errors import ConfigError, UserInputError
-from carafe_exp.run_record import METRICS_FILE
+from carafe_exp.runs.record import METRICS_FILE
 
 
 def detect_table(records: Sequence[RunRecord]) -> str | None:

@@ -250,7 +250,7 @@ def _positive_int(text: str) -> int:
 
 
 def _log_png(run_dir: Path, logger: str, tag: str, png: Path) -> list[str]:
-    from carafe_exp.image_logging import log_image
+    from carafe_exp.runs.image_logging import log_image
 
     if logger == "tensorboard":
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -259,7 +259,7 @@ def _log_png(run_dir: Path, logger: str, tag: str, png: Path) -> list[str]:
     else:
         from lightning.pytorch.loggers import WandbLogger
 
-        from carafe_exp.loggers import wandb_mode
+        from carafe_exp.runs.loggers import wandb_mode
 
         target = WandbLogger(project="carafe-exp", save_dir=str(run_dir), name=f"reassembly-{run_dir.name}",
                              offline=wandb_mode(None) != "online", job_type="visualize")

@@ -38,7 +38,7 @@ from torch import nn
 from torchvision.utils import make_grid
 
 from carafe_exp.errors import ConfigError
-from carafe_exp.image_logging import log_image, write_png
+from carafe_exp.runs.image_logging import log_image, write_png
 from carafe_exp.metrics.inpainting import METRIC_NAMES, InpaintingMetrics
 from carafe_exp.models.patch_discriminator import build_patch_discriminator
 from carafe_exp.tasks.base import ResamplingTask

@@ -58,7 +58,7 @@ def wandb_records(path: Path) -> Iterator[object]:
 
 def test_offline_sweep_logs_config_tags_group_and_paper_metric_names(cli_env: dict[str, str],
                                                                     tmp_path: Path) -> None:
-    from carafe_exp.loggers import sweep_group
+    from carafe_exp.runs.loggers import sweep_group
 
     sweep = tmp_path / "sweep"
     run_cli(["-m", *TINY_CLASSIFICATION, *ONE_BATCH, "logger=wandb", "seed=1,2", f"hydra.sweep.dir={sweep}"],
@@ -88,7 +88,7 @@ def test_offline_sweep_logs_config_tags_group_and_paper_metric_names(cli_env: di
 
 
 def _mode_in_fresh_process(env: dict[str, str]) -> tuple[str, bool]:
-    code = ("import sys; from carafe_exp.loggers import wandb_mode; "
+    code = ("import sys; from carafe_exp.runs.loggers import wandb_mode; "
             "print(wandb_mode(None), 'wandb' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     mode, imported = out.split()
@@ -112,7 +112,7 @@ def test_wandb_mode_disabled_gives_no_wandb_run(tmp_path: Path, monkeypatch: pyt
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf, open_dict
 
-    from carafe_exp.loggers import build_loggers
+    from carafe_exp.runs.loggers import build_loggers
     from carafe_exp.paths import config_dir
 
     monkeypatch.setenv("WANDB_MODE", "disabled")

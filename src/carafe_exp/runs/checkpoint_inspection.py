@@ -3,7 +3,7 @@
 Read before Lightning sees the file, so that a wrong file, a checkpoint of another model or a
 finished run is one clear line (or a clear decision) rather than a ``state_dict`` traceback.
 Checkpoints written by ``carafe-exp`` carry a description of the model they hold
-(:data:`DESCRIPTION_KEY`, added by :class:`carafe_exp.callbacks.RunIdentity`).
+(:data:`DESCRIPTION_KEY`, added by :class:`carafe_exp.runs.callbacks.RunIdentity`).
 """
 
 from __future__ import annotations

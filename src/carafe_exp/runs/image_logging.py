@@ -1,6 +1,6 @@
 """Pictures for people: send an image to the run's TensorBoard / W&B loggers, or write it as a PNG.
 
-    from carafe_exp.image_logging import log_image, write_png
+    from carafe_exp.runs.image_logging import log_image, write_png
     log_image(trainer, "val/completion", grid, step=trainer.global_step)
     write_png(grid, run_dir / "pictures" / "epoch000.png")
 

@@ -21,7 +21,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar, RichProgressBar
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
-from carafe_exp.callbacks import batch_size_of
+from carafe_exp.runs.callbacks import batch_size_of
 
 log = logging.getLogger("carafe_exp")
 

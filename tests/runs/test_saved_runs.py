@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from carafe_exp.saved_runs import override_positions, with_saved_overrides
+from carafe_exp.runs.saved import override_positions, with_saved_overrides
 
 
 def _run_dir(tmp_path: Path) -> Path:
@@ -40,7 +40,7 @@ def test_sweeps_and_unrelated_commands_are_left_alone(tmp_path: Path) -> None:
 
 
 def test_sweep_job_directory_is_quoted_only_when_it_exists(tmp_path: Path) -> None:
-    from carafe_exp.override_quoting import quote_path_value
+    from carafe_exp.sweeps.override_quoting import quote_path_value
 
     job = tmp_path / "0_upsampler.k_up=3,seed=1"
     job.mkdir()

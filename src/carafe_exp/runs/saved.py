@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from carafe_exp.sweep_dirname import override_key
+from carafe_exp.sweeps.dirname import override_key
 
 # What the current command decides by itself, whatever the saved run did.
 NOT_INHERITED = frozenset({"ckpt_path", "train", "test"})

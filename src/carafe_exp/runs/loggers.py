@@ -83,7 +83,7 @@ def run_tags(description: Mapping[str, Any], choices: Mapping[str, Any]) -> list
     """Tags of a run: ``task:``, ``model:``, the ``upsampler:``/``downsampler:`` the model uses, ``data:``,
     and ``experiment:``/``row:`` (a paper table and its row) where set.
 
-    ``description`` is :func:`carafe_exp.run_name.model_description` of the run.
+    ``description`` is :func:`carafe_exp.runs.name.model_description` of the run.
     """
     values = {"task": description.get("task"), "model": description.get("model"),
               "upsampler": description.get("upsampler"), "downsampler": description.get("downsampler"),
@@ -144,7 +144,7 @@ def _wandb_logger(node: DictConfig, cfg: DictConfig, run_name: str, description:
 def build_loggers(cfg: DictConfig, run_name: str, description: Mapping[str, Any]) -> list[Any]:
     """Lightning loggers of every ``logger.<name>`` node with a ``_target_``.
 
-    ``run_name`` names the W&B run; ``description`` (:func:`carafe_exp.run_name.model_description`) tags it.
+    ``run_name`` names the W&B run; ``description`` (:func:`carafe_exp.runs.name.model_description`) tags it.
     """
     loggers = []
     for name, node in (cfg.get("logger") or {}).items():

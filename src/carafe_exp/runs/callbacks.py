@@ -1,7 +1,7 @@
 """Lightning callbacks of the run loop: training throughput, random-number state and model identity in checkpoints.
 
-The checkpoint files themselves are written by :mod:`carafe_exp.checkpoint_callbacks`; what is
-printed while a run trains by :mod:`carafe_exp.progress`.
+The checkpoint files themselves are written by :mod:`carafe_exp.runs.checkpoint_files`; what is
+printed while a run trains by :mod:`carafe_exp.runs.progress`.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class RunIdentity(L.Callback):
     """Writes a description of the model (task, network, resamplers and their sites) into every checkpoint.
 
     Evaluating a checkpoint with another model's config then fails with one line naming both
-    models instead of a ``state_dict`` traceback (:mod:`carafe_exp.checkpoint_inspection`).
+    models instead of a ``state_dict`` traceback (:mod:`carafe_exp.runs.checkpoint_inspection`).
     """
 
     def __init__(self, description: dict[str, Any]) -> None:
@@ -75,7 +75,7 @@ class RunIdentity(L.Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        from carafe_exp.checkpoint_inspection import DESCRIPTION_KEY
+        from carafe_exp.runs.checkpoint_inspection import DESCRIPTION_KEY
 
         checkpoint[DESCRIPTION_KEY] = self.description
 

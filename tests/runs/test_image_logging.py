@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from carafe_exp.image_logging import log_image, to_uint8_hwc, write_png
+from carafe_exp.runs.image_logging import log_image, to_uint8_hwc, write_png
 
 
 def _picture() -> torch.Tensor:

@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from carafe_exp.paths import config_dir
-from carafe_exp.preflight import check_composition
+from carafe_exp.runs.preflight import check_composition
 
 
 def compose_job(overrides: Sequence[str], multirun: bool = False) -> DictConfig:

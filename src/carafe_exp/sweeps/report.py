@@ -19,7 +19,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from carafe_exp.run_record import METRICS_FILE, STATUS_FAILED
+from carafe_exp.runs.record import METRICS_FILE, STATUS_FAILED
 
 # A job directory counts as this sweep's when written after the sweep started (minus clock slack).
 _CLOCK_SLACK_S = 2.0

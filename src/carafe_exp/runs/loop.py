@@ -1,6 +1,6 @@
 """One job of ``carafe-exp``: build everything, fit and/or test, write metrics.json.
 
-The config arrives checked: the CLI runs :func:`carafe_exp.preflight.check_config` first, before
+The config arrives checked: the CLI runs :func:`carafe_exp.runs.preflight.check_config` first, before
 Lightning is imported, so a bad setting answers in one line without this module's imports.
 
 Data flows one way: the config instantiates the datamodule, the model (a ``build_*`` function
@@ -29,14 +29,14 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from carafe_exp import loggers as run_loggers
-from carafe_exp.callbacks import RunIdentity, ThroughputTimer
-from carafe_exp.checkpoint_inspection import CheckpointFile, resolve_ckpt_path
+from carafe_exp.runs import loggers as run_loggers
+from carafe_exp.runs.callbacks import RunIdentity, ThroughputTimer
+from carafe_exp.runs.checkpoint_inspection import CheckpointFile, resolve_ckpt_path
 from carafe_exp.errors import ConfigError
-from carafe_exp.run_name import model_description, run_name
-from carafe_exp.run_record import (METRICS_FILE, STATUS_COMPLETED, build_record, device_description, read_record,
+from carafe_exp.runs.name import model_description, run_name
+from carafe_exp.runs.record import (METRICS_FILE, STATUS_COMPLETED, build_record, device_description, read_record,
                                    write_record)
-from carafe_exp.sweep_dirname import current_swept_overrides
+from carafe_exp.sweeps.dirname import current_swept_overrides
 
 log = logging.getLogger("carafe_exp")
 

@@ -45,6 +45,7 @@ from torch import nn
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.ops import MultiScaleRoIAlign
 
+from carafe_exp.models.build import build_model
 from carafe_exp.models.dcn import ModulatedDeformConv2d
 from carafe_exp.models.fpn import fpn_of_style
 from carafe_exp.models.lip_resnet import LIPBottleneck
@@ -73,8 +74,8 @@ def _plain(node) -> object:  # noqa: ANN001
 
 def _build(cfg) -> nn.Module:  # noqa: ANN001
     """The model exactly as the CLI instantiates it."""
-    return instantiate(cfg.model, upsampler=_plain(cfg.upsampler), downsampler=_plain(cfg.downsampler),
-                       num_classes=NUM_CLASSES, _convert_="all")
+    return build_model(cfg.model, upsampler=cfg.upsampler, downsampler=cfg.downsampler,
+                       num_classes=NUM_CLASSES)
 
 
 def _swept(cfg, key: str) -> list[str]:  # noqa: ANN001

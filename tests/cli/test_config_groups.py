@@ -11,6 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from carafe_exp.models.build import build_model
 from carafe_exp.paths import config_dir
 from carafe_exp.resample import DOWNSAMPLERS, UPSAMPLERS, build_downsampler, build_upsampler
 
@@ -145,8 +146,7 @@ def test_model_option_instantiates() -> None:
         cfg = compose_with([f"model={option}"])
         # As the CLI does: num_classes only for models of data with classes (inpainting has none).
         takes_classes = "num_classes" in inspect.signature(get_method(cfg.model._target_)).parameters
-        model = instantiate(cfg.model, upsampler=OmegaConf.to_container(cfg.upsampler),
-                            downsampler=OmegaConf.to_container(cfg.downsampler), _convert_="all",
+        model = build_model(cfg.model, upsampler=cfg.upsampler, downsampler=cfg.downsampler,
                             **({"num_classes": 3} if takes_classes else {}))
         assert sum(p.numel() for p in model.parameters()) > 0
 

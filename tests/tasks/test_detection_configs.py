@@ -10,6 +10,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from carafe_exp.models.build import build_model
 from carafe_exp.data.coco import CocoDataModule
 from carafe_exp.models.mask_head import ResampledMaskPredictor
 from carafe_exp.paths import config_dir
@@ -38,8 +39,8 @@ def test_detection_task_builds_faster_rcnn_with_carafe_in_the_fpn(tmp_path: Path
     datamodule = instantiate(node_arguments(cfg.data, "kind"))
     assert isinstance(datamodule, CocoDataModule) and datamodule.num_classes == 4
     assert Path(datamodule.root) == tmp_path / "samples" / "coco"
-    model = instantiate(cfg.model, num_classes=datamodule.num_classes, upsampler=_plain(cfg.upsampler),
-                        downsampler=_plain(cfg.downsampler), _convert_="all")
+    model = build_model(cfg.model, num_classes=datamodule.num_classes, upsampler=cfg.upsampler,
+                        downsampler=cfg.downsampler)
     assert type(model.backbone.fpn.upsamplers[0]).registry_name == "carafe"
     assert model.transform.min_size == (datamodule.min_size,)
     task = instantiate(cfg.task.module, model=model, schedule=_plain(cfg.schedule), _convert_="all")
@@ -50,8 +51,7 @@ def test_mask_rcnn_mask_head_site_uses_the_mask_head_kernel(tmp_path: Path, monk
     monkeypatch.setenv("CARAFE_EXP_CACHE", str(tmp_path))
     cfg = _compose(["task=detection", "model=mask_rcnn", "upsampler=carafe", "model.sites.mask_head=true",
                     "data.sample.num_train=2", "data.sample.num_val=2"])
-    model = instantiate(cfg.model, num_classes=4, upsampler=_plain(cfg.upsampler),
-                        downsampler=_plain(cfg.downsampler), _convert_="all")
+    model = build_model(cfg.model, num_classes=4, upsampler=cfg.upsampler, downsampler=cfg.downsampler)
     predictor = model.roi_heads.mask_predictor
     assert isinstance(predictor, ResampledMaskPredictor)
     # mmdetection's CARAFE Mask R-CNN configs: k_up=5, k_encoder=3, c_m=64 in the mask head as in the FPN.

@@ -33,6 +33,7 @@ from carafe_exp.runs import loggers as run_loggers
 from carafe_exp.runs.callbacks import RunIdentity, ThroughputTimer
 from carafe_exp.runs.checkpoint_inspection import CheckpointFile, resolve_ckpt_path
 from carafe_exp.errors import ConfigError
+from carafe_exp.models.build import build_model
 from carafe_exp.runs.name import model_description, run_name
 from carafe_exp.runs.record import (METRICS_FILE, STATUS_COMPLETED, build_record, device_description, read_record,
                                    write_record)
@@ -181,8 +182,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     model_kwargs: dict[str, Any] = {}
     if getattr(datamodule, "num_classes", None) is not None:
         model_kwargs["num_classes"] = datamodule.num_classes
-    model = instantiate(cfg.model, upsampler=_plain(cfg.upsampler), downsampler=_plain(cfg.downsampler),
-                        _convert_="all", **model_kwargs)
+    model = build_model(cfg.model, upsampler=cfg.upsampler, downsampler=cfg.downsampler, **model_kwargs)
     module = instantiate(cfg.task.module, model=model, schedule=_plain(cfg.schedule), _convert_="all")
     if checkpoint is not None:
         checkpoint.check_fits(module, description)

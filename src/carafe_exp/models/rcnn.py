@@ -20,8 +20,17 @@ key that selects torchvision's behaviour instead:
 - ``box_loss_beta``: smooth-L1 β of the RoI box loss, 1.0 (torchvision: 1/9) —
   :mod:`carafe_exp.models.roi_heads`;
 - ``head_init``: ``mmdet_v1`` or ``torchvision`` — :mod:`carafe_exp.models.head_init`;
-- ``roi_align_aligned``: false (v1; sampling ratio 2 either way), true for mmdetection v2's
-  half-pixel RoIAlign — :mod:`carafe_exp.models.roi_align`.
+- ``roi_align_aligned``: false (v1), true for mmdetection v2's half-pixel RoIAlign, and
+  ``roi_align_sampling_ratio``: 2 (v1), 0 for v2's adaptive sampling —
+  :mod:`carafe_exp.models.roi_align`;
+- ``anchor_rounding``: true (v1 and torchvision round the base anchors), false for v2 —
+  :mod:`carafe_exp.models.anchors`;
+- ``rpn_box_loss_beta``: 1/9 (v1), 0 (L1) for v2 — :mod:`carafe_exp.models.rpn_loss`
+  (``box_loss_beta`` 0 is v2's L1 RoI box loss).
+
+``conf/setting/mmdet_v2.yaml`` sets the v2 values (how the released checkpoints were trained).
+Box decoding clamps the log-size deltas on both sides as every mmdetection does
+(:mod:`carafe_exp.models.box_coder`).
 
 Images are resized inside the model (short side ``min_size``, long side at most ``max_size``)
 and padded to the FPN's multiple; predictions come back in the coordinates of the images given
@@ -38,6 +47,8 @@ from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from carafe_exp.errors import ConfigError
+from carafe_exp.models.anchors import set_anchor_rounding
+from carafe_exp.models.box_coder import use_symmetric_clamp
 from carafe_exp.models.detection_backbone import FPN_CHANNELS, build_detection_backbone
 from carafe_exp.models.head_init import HEAD_INITS, init_heads_mmdet_v1
 from carafe_exp.models.mask_head import (
@@ -45,8 +56,9 @@ from carafe_exp.models.mask_head import (
     ResampledMaskPredictor,
     mask_head_upsampler_spec,
 )
-from carafe_exp.models.roi_align import use_aligned_roi_align
+from carafe_exp.models.roi_align import configure_roi_align
 from carafe_exp.models.roi_heads import MMDET_V1_BOX_LOSS_BETA, use_box_loss_beta
+from carafe_exp.models.rpn_loss import MMDET_V1_RPN_BOX_LOSS_BETA, use_rpn_box_loss_beta
 from carafe_exp.resample import ORIGINAL_DOWNSAMPLER
 from carafe_exp.resample.registry import split_spec
 
@@ -90,7 +102,8 @@ def _build(kind: str, num_classes: int, upsampler: str | Mapping[str, Any], down
            sites: Mapping[str, bool] | None, backbone: Mapping[str, Any] | None, fpn_style: str,
            min_size: int, max_size: int, rcnn: Mapping[str, Any] | None,
            mask_head_overrides: Mapping[str, Mapping[str, Any]] | None, box_loss_beta: float, head_init: str,
-           roi_align_aligned: bool) -> FasterRCNN:
+           roi_align_aligned: bool, roi_align_sampling_ratio: int, anchor_rounding: bool,
+           rpn_box_loss_beta: float) -> FasterRCNN:
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive int (object categories without background), "
                           f"got {num_classes!r}")
@@ -103,8 +116,12 @@ def _build(kind: str, num_classes: int, upsampler: str | Mapping[str, Any], down
         raise ConfigError(f"model.backbone got unknown key(s) {unknown}; allowed: {sorted(_BACKBONE_KEYS)}")
     if head_init not in HEAD_INITS:
         raise ConfigError(f"model.head_init must be one of {list(HEAD_INITS)}, got {head_init!r}")
-    if not box_loss_beta > 0:
-        raise ConfigError(f"model.box_loss_beta must be positive, got {box_loss_beta}")
+    if not box_loss_beta >= 0:
+        raise ConfigError(f"model.box_loss_beta must be >= 0 (0 is L1), got {box_loss_beta}")
+    if not isinstance(roi_align_sampling_ratio, int) or isinstance(roi_align_sampling_ratio, bool) \
+            or roi_align_sampling_ratio < 0:
+        raise ConfigError(f"model.roi_align_sampling_ratio must be an int >= 0 (0: adaptive), "
+                          f"got {roi_align_sampling_ratio!r}")
     up_name, _ = split_spec(upsampler)
     down_name, _ = split_spec(downsampler)
 
@@ -129,14 +146,18 @@ def _build(kind: str, num_classes: int, upsampler: str | Mapping[str, Any], down
     if head_init == "mmdet_v1":
         init_heads_mmdet_v1(model.roi_heads)
     use_box_loss_beta(model.roi_heads, box_loss_beta)
-    if roi_align_aligned:
-        for pooler in (model.roi_heads.box_roi_pool, getattr(model.roi_heads, "mask_roi_pool", None)):
-            if pooler is not None:
-                use_aligned_roi_align(pooler)
+    use_rpn_box_loss_beta(model.rpn, rpn_box_loss_beta)
+    for pooler in (model.roi_heads.box_roi_pool, getattr(model.roi_heads, "mask_roi_pool", None)):
+        if pooler is not None:
+            configure_roi_align(pooler, bool(roi_align_aligned), roi_align_sampling_ratio)
+    set_anchor_rounding(model.rpn.anchor_generator, bool(anchor_rounding))
+    for coder in (model.rpn.box_coder, model.roi_heads.box_coder):
+        use_symmetric_clamp(coder)
 
     _log_sites(kind, enabled, used, up_name, down_name, fpn_style)
-    log.info("%s heads: %s init, RoI box loss smooth-L1 beta=%.4g, RoIAlign aligned=%s", kind, head_init,
-             box_loss_beta, roi_align_aligned)
+    log.info("%s heads: %s init, box loss smooth-L1 beta RPN %.4g / RoI %.4g, RoIAlign aligned=%s sampling "
+             "ratio %d, anchors rounded=%s", kind, head_init, rpn_box_loss_beta, box_loss_beta, roi_align_aligned,
+             roi_align_sampling_ratio, anchor_rounding)
     return model
 
 
@@ -161,17 +182,21 @@ def build_faster_rcnn(num_classes: int, upsampler: str | Mapping[str, Any] = "ne
                       sites: Mapping[str, bool] | None = None, backbone: Mapping[str, Any] | None = None,
                       fpn_style: str = "fpn_carafe", min_size: int = 800, max_size: int = 1333,
                       rcnn: Mapping[str, Any] | None = None, box_loss_beta: float = MMDET_V1_BOX_LOSS_BETA,
-                      head_init: str = "mmdet_v1", roi_align_aligned: bool = False) -> FasterRCNN:
+                      head_init: str = "mmdet_v1", roi_align_aligned: bool = False,
+                      roi_align_sampling_ratio: int = 2, anchor_rounding: bool = True,
+                      rpn_box_loss_beta: float = MMDET_V1_RPN_BOX_LOSS_BETA) -> FasterRCNN:
     """Faster R-CNN R-``backbone.depth``-FPN for ``num_classes`` object categories.
 
     ``sites`` may enable ``fpn`` and ``backbone``; ``backbone`` holds depth, weights (None, a
     torchvision weights name in the hub cache, a checkpoint file, a run or sweep directory),
     strict, dcn, frozen_stages, norm_eval; ``rcnn`` passes RPN/RoI budgets
     (``box_batch_size_per_image`` ...) on to torchvision. ``fpn_style``, ``box_loss_beta``,
-    ``head_init`` and ``roi_align_aligned`` default to mmdetection v1 (module docstring).
+    ``head_init``, ``roi_align_aligned``, ``roi_align_sampling_ratio``, ``anchor_rounding`` and
+    ``rpn_box_loss_beta`` default to mmdetection v1 (module docstring).
     """
     return _build("faster_rcnn", num_classes, upsampler, downsampler, sites, backbone, fpn_style, min_size,
-                  max_size, rcnn, None, box_loss_beta, head_init, roi_align_aligned)
+                  max_size, rcnn, None, box_loss_beta, head_init, roi_align_aligned, roi_align_sampling_ratio,
+                  anchor_rounding, rpn_box_loss_beta)
 
 
 def build_mask_rcnn(num_classes: int, upsampler: str | Mapping[str, Any] = "nearest",
@@ -181,11 +206,14 @@ def build_mask_rcnn(num_classes: int, upsampler: str | Mapping[str, Any] = "near
                     rcnn: Mapping[str, Any] | None = None,
                     mask_head_overrides: Mapping[str, Mapping[str, Any]] | None = None,
                     box_loss_beta: float = MMDET_V1_BOX_LOSS_BETA, head_init: str = "mmdet_v1",
-                    roi_align_aligned: bool = False) -> MaskRCNN:
+                    roi_align_aligned: bool = False, roi_align_sampling_ratio: int = 2,
+                    anchor_rounding: bool = True,
+                    rpn_box_loss_beta: float = MMDET_V1_RPN_BOX_LOSS_BETA) -> MaskRCNN:
     """Mask R-CNN: :func:`build_faster_rcnn` plus the mask branch and its ``mask_head`` site.
 
     ``mask_head_overrides`` maps an upsampler name to parameters used at the mask head only
     (None: ``{deconv: {kernel_size: 2}}``, Mask R-CNN's own 2×2 deconv, while the FPN's is 3×3).
     """
     return _build("mask_rcnn", num_classes, upsampler, downsampler, sites, backbone, fpn_style, min_size,
-                  max_size, rcnn, mask_head_overrides, box_loss_beta, head_init, roi_align_aligned)
+                  max_size, rcnn, mask_head_overrides, box_loss_beta, head_init, roi_align_aligned,
+                  roi_align_sampling_ratio, anchor_rounding, rpn_box_loss_beta)

@@ -1,9 +1,10 @@
-"""Multi-scale RoIAlign with torchvision's level mapping and a choice of pixel model (``aligned``).
+"""Multi-scale RoIAlign with torchvision's level mapping, a pixel model (``aligned``) and a sampling ratio.
 
 mmdetection v1 (the CARAFE papers) samples RoIAlign without the half-pixel offset
-(``aligned=False``, sampling ratio 2), which is also what torchvision's ``MultiScaleRoIAlign``
-does. mmdetection v2's model zoo (the released CARAFE checkpoints) uses ``aligned=True``; this
-pooler gives that option while keeping torchvision's FPN level assignment (k0=4, s0=224, which
+(``aligned=False``) at 2×2 points per bin (``sample_num=2``), which is also what torchvision's
+``MultiScaleRoIAlign`` does. mmdetection v2's model zoo (the released CARAFE checkpoints) uses
+``aligned=True`` and ``sampling_ratio=0`` (adaptive: ⌈RoI size / 7⌉ points per bin side); this
+pooler gives both options while keeping torchvision's FPN level assignment (k0=4, s0=224, which
 equals mmdetection's ``finest_scale=56``).
 """
 
@@ -40,4 +41,11 @@ def use_aligned_roi_align(pooler: MultiScaleRoIAlign) -> MultiScaleRoIAlign:
     return pooler
 
 
-__all__ = ["AlignedMultiScaleRoIAlign", "use_aligned_roi_align"]
+def configure_roi_align(pooler: MultiScaleRoIAlign, aligned: bool, sampling_ratio: int) -> MultiScaleRoIAlign:
+    """Set ``pooler``'s pixel model and sampling ratio (0: adaptive), in place."""
+    pooler.__class__ = AlignedMultiScaleRoIAlign if aligned else MultiScaleRoIAlign
+    pooler.sampling_ratio = int(sampling_ratio)
+    return pooler
+
+
+__all__ = ["AlignedMultiScaleRoIAlign", "configure_roi_align", "use_aligned_roi_align"]

@@ -4,6 +4,7 @@ torchvision computes the RoI head's box loss as smooth-L1 with β = 1/9 (Detectr
 mmdetection v1, which trained every CARAFE model, uses β = 1.0 there (``loss_bbox=dict(
 type='SmoothL1Loss', beta=1.0)`` in the bbox head; the RPN keeps 1/9 in both). Both normalise by
 the number of sampled RoIs and sum over the 4 coordinates of the positives, so only β differs.
+mmdetection v2/v3 (the released checkpoints) use ``L1Loss``, which is β = 0.
 
 :class:`BoxLossRoIHeads` keeps torchvision's forward (sampling, matching, mask branch) and
 recomputes ``loss_box_reg`` from the same sampled RoIs and predictions with the configured β.
@@ -66,8 +67,8 @@ class BoxLossRoIHeads(RoIHeads):
 
 def use_box_loss_beta(roi_heads: RoIHeads, beta: float) -> RoIHeads:
     """Make ``roi_heads`` compute its box loss with smooth-L1 ``beta`` (in place; same parameters)."""
-    if beta <= 0:
-        raise ConfigError(f"model.box_loss_beta={beta}: smooth-L1 needs a positive beta (mmdetection v1: 1.0)")
+    if not beta >= 0:
+        raise ConfigError(f"model.box_loss_beta={beta}: smooth-L1 needs beta >= 0 (mmdetection v1: 1.0; 0 is L1, v2)")
     roi_heads.__class__ = BoxLossRoIHeads
     roi_heads.box_loss_beta = float(beta)
     roi_heads._sampled = None

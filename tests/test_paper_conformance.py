@@ -148,6 +148,9 @@ def test_detection_tables_train_as_the_papers(experiment: str) -> None:
         (50, "IMAGENET1K_V1", 1, True, True)
     assert (cfg.model.fpn_style, cfg.model.box_loss_beta, cfg.model.head_init, cfg.model.roi_align_aligned) == \
         ("fpn_carafe", 1.0, "mmdet_v1", False)
+    # mmdetection v1: RoIAlign sample_num=2, AnchorGenerator rounds base anchors, rpn SmoothL1Loss(beta=1.0 / 9.0).
+    assert (cfg.model.roi_align_sampling_ratio, cfg.model.anchor_rounding) == (2, True)
+    assert cfg.model.rpn_box_loss_beta == pytest.approx(1 / 9)
 
 
 def test_every_detection_experiment_uses_the_mmdet_v1_setting() -> None:

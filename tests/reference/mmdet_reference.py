@@ -75,8 +75,12 @@ def randomise(model: nn.Module, seed: int) -> None:
                 if name.endswith(small_outputs):
                     std *= 0.1
                 if name.endswith("fc_cls"):   # scores led by the RoI's features, not by a class bias
-                    std, bias_std = std * 4, 0.01
-                module.weight.copy_(normal(module.weight.shape, std))
+                    std, bias_std = std * 0.25, 0.01
+                weight = normal(module.weight.shape, std)
+                if name.endswith("fc_cls"):
+                    # fc7's outputs share a large positive mean (ReLU): rows of zero sum ignore it.
+                    weight -= weight.mean(dim=1, keepdim=True)
+                module.weight.copy_(weight)
                 if module.bias is not None:
                     module.bias.copy_(normal(module.bias.shape, bias_std))
             elif isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -150,8 +154,26 @@ def normalised_batch(image: torch.Tensor, divisor: int) -> torch.Tensor:
     return nn.functional.pad(normalised, (0, pad_w, 0, pad_h))[None]
 
 
-def reference_outputs(model: nn.Module, image: torch.Tensor) -> ReferenceOutputs:
-    """Run the reference on one RGB uint8 image (3, H, W) through its own preprocessor, heads and post-processing."""
+def _center_classifier(model: nn.Module, features: tuple[torch.Tensor, ...], rois: torch.Tensor) -> None:
+    """Shift the random classifier's biases so each class's mean logit over these RoIs is 0.
+
+    With random weights the RoIs' fc7 vectors share most of their direction, so one class would win
+    everywhere; centred, the class follows each RoI's own features and the detections hold many classes.
+    """
+    head = model.roi_head.bbox_head
+    pooled = model.roi_head.bbox_roi_extractor(features[:model.roi_head.bbox_roi_extractor.num_inputs], rois)
+    hidden = pooled.flatten(1)
+    for fc in head.shared_fcs:
+        hidden = head.relu(fc(hidden))
+    head.fc_cls.bias -= head.fc_cls(hidden).mean(dim=0)
+
+
+def reference_outputs(model: nn.Module, image: torch.Tensor, center_classifier: bool = False) -> ReferenceOutputs:
+    """Run the reference on one RGB uint8 image (3, H, W) through its own preprocessor, heads and post-processing.
+
+    ``center_classifier`` first sets the random classifier's biases (see :func:`_center_classifier`), so save
+    the checkpoint after this call.
+    """
     from mmdet.structures import DetDataSample
     from mmdet.structures.bbox import bbox2roi
 
@@ -170,6 +192,8 @@ def reference_outputs(model: nn.Module, image: torch.Tensor) -> ReferenceOutputs
         rpn_scores, rpn_deltas = model.rpn_head(features)
         proposals = model.rpn_head.predict(features, samples, rescale=False)[0]
         rois = bbox2roi([proposals.bboxes])
+        if center_classifier:
+            _center_classifier(model, features, rois)
         roi = model.roi_head._bbox_forward(features, rois)
         detections = model.roi_head.predict_bbox(features, metas, [proposals], model.roi_head.test_cfg,
                                                  rescale=False)[0]

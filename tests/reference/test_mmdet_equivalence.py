@@ -94,8 +94,8 @@ def _ours(name: str, checkpoint: Path) -> nn.Module:
 
 def _pair(name: str, seed: int, directory: Path) -> Pair:
     reference = build_reference(name, seed, PROPOSALS, DETECTIONS)
+    outputs = reference_outputs(reference, _image(), center_classifier=True)
     checkpoint = save_reference_checkpoint(reference, directory / f"{name}.pth")
-    outputs = reference_outputs(reference, _image())
     return Pair(name, checkpoint, _ours(name, checkpoint), outputs)
 
 
@@ -303,7 +303,8 @@ def test_v2_box_losses_are_mmdetections_l1() -> None:
     positive = labels[0] > 0
     chosen = predictions.reshape(sampled, num_classes, 4)[positive, labels[0][positive]]
     theirs = reference_l1_loss(chosen, targets[0][positive], average_over=sampled)
-    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=0)
+    # mmdetection divides by avg_factor + float32 eps (weight_reduce_loss): 1e-8 relative here.
+    torch.testing.assert_close(ours, theirs, rtol=1e-7, atol=0)
 
 
 def test_a_checkpoint_needing_what_the_model_lacks_says_which_settings(pairs: dict[str, Pair]) -> None:

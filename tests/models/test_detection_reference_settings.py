@@ -70,15 +70,15 @@ def test_unrounded_anchors_keep_the_exact_size_and_switch_back() -> None:
 
 def test_box_decoding_clamps_shrinking_like_growing() -> None:
     """mmdetection delta2bbox: dw, dh clamped to ±log(1000/16); torchvision only from above."""
-    box = torch.tensor([[0.0, 0.0, 100.0, 100.0]])
-    codes = torch.tensor([[0.0, 0.0, -10.0, 10.0]])
+    box = torch.tensor([[0.0, 0.0, 100.0, 100.0]], dtype=torch.float64)
+    codes = torch.tensor([[0.0, 0.0, -10.0, 10.0]], dtype=torch.float64)
     torchvision_box = BoxCoder((1.0, 1.0, 1.0, 1.0)).decode_single(codes, box)[0]
     ours = use_symmetric_clamp(BoxCoder((1.0, 1.0, 1.0, 1.0))).decode_single(codes, box)[0]
     clip = math.log(1000.0 / 16)
-    assert (ours[2] - ours[0]).item() == pytest.approx(100 * math.exp(-clip))
-    assert (ours[3] - ours[1]).item() == pytest.approx(100 * math.exp(clip))
-    assert (torchvision_box[2] - torchvision_box[0]).item() == pytest.approx(100 * math.exp(-10.0))
-    inside = torch.tensor([[0.3, -0.2, 0.5, -1.0]])
+    assert (ours[2] - ours[0]).item() == pytest.approx(100 * math.exp(-clip), rel=1e-5)
+    assert (ours[3] - ours[1]).item() == pytest.approx(100 * math.exp(clip), rel=1e-5)
+    assert (torchvision_box[2] - torchvision_box[0]).item() == pytest.approx(100 * math.exp(-10.0), rel=1e-5)
+    inside = torch.tensor([[0.3, -0.2, 0.5, -1.0]], dtype=torch.float64)
     assert torch.equal(use_symmetric_clamp(BoxCoder((10.0, 10.0, 5.0, 5.0))).decode_single(inside, box),
                        BoxCoder((10.0, 10.0, 5.0, 5.0)).decode_single(inside, box))
 

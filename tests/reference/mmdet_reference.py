@@ -59,11 +59,12 @@ def randomise(model: nn.Module, seed: int) -> None:
     """
     generator = torch.Generator().manual_seed(seed)
 
+    # Values representable in float32: our model is built in float32 and loads the file before .double().
     def normal(shape: torch.Size, std: float) -> torch.Tensor:
-        return torch.randn(shape, generator=generator, dtype=torch.float64) * std
+        return (torch.randn(shape, generator=generator, dtype=torch.float64) * std).float().double()
 
     def uniform(shape: torch.Size, low: float, high: float) -> torch.Tensor:
-        return low + (high - low) * torch.rand(shape, generator=generator, dtype=torch.float64)
+        return (low + (high - low) * torch.rand(shape, generator=generator, dtype=torch.float64)).float().double()
 
     small_outputs = ("rpn_reg", "fc_reg")
     with torch.no_grad():
@@ -79,7 +80,7 @@ def randomise(model: nn.Module, seed: int) -> None:
                 weight = normal(module.weight.shape, std)
                 if name.endswith("fc_cls"):
                     # fc7's outputs share a large positive mean (ReLU): rows of zero sum ignore it.
-                    weight -= weight.mean(dim=1, keepdim=True)
+                    weight = (weight - weight.mean(dim=1, keepdim=True)).float().double()
                 module.weight.copy_(weight)
                 if module.bias is not None:
                     module.bias.copy_(normal(module.bias.shape, bias_std))
@@ -101,7 +102,11 @@ def reference_config(name: str) -> Any:
 
 
 def build_reference(name: str, seed: int, proposals: int, detections: int) -> nn.Module:
-    """mmdetection's model of config ``name``, random weights, float64, eval, with the given test budgets."""
+    """mmdetection's model of config ``name``, random weights, float64, eval, with the given test budgets.
+
+    The weights are float32 values (computed in float64): a model loading the file in float32 and then
+    converted to float64 holds exactly the same numbers.
+    """
     from mmengine.registry import DefaultScope
     from mmdet.registry import MODELS
 
@@ -165,7 +170,7 @@ def _center_classifier(model: nn.Module, features: tuple[torch.Tensor, ...], roi
     hidden = pooled.flatten(1)
     for fc in head.shared_fcs:
         hidden = head.relu(fc(hidden))
-    head.fc_cls.bias -= head.fc_cls(hidden).mean(dim=0)
+    head.fc_cls.bias.copy_((head.fc_cls.bias - head.fc_cls(hidden).mean(dim=0)).float())
 
 
 def reference_outputs(model: nn.Module, image: torch.Tensor, center_classifier: bool = False) -> ReferenceOutputs:

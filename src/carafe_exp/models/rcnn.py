@@ -116,8 +116,9 @@ def _build(kind: str, num_classes: int, upsampler: str | Mapping[str, Any], down
         raise ConfigError(f"model.backbone got unknown key(s) {unknown}; allowed: {sorted(_BACKBONE_KEYS)}")
     if head_init not in HEAD_INITS:
         raise ConfigError(f"model.head_init must be one of {list(HEAD_INITS)}, got {head_init!r}")
-    if not box_loss_beta >= 0:
-        raise ConfigError(f"model.box_loss_beta must be >= 0 (0 is L1), got {box_loss_beta}")
+    for key, beta in (("box_loss_beta", box_loss_beta), ("rpn_box_loss_beta", rpn_box_loss_beta)):
+        if not beta >= 0:
+            raise ConfigError(f"model.{key} must be >= 0 (0 is L1), got {beta}")
     if not isinstance(roi_align_sampling_ratio, int) or isinstance(roi_align_sampling_ratio, bool) \
             or roi_align_sampling_ratio < 0:
         raise ConfigError(f"model.roi_align_sampling_ratio must be an int >= 0 (0: adaptive), "

@@ -21,7 +21,11 @@ Class order: torchvision's class 0 is the background. mmdetection v1 did the sam
 put the background *last* in ``fc_cls`` and have no background rows in ``fc_reg`` (80 × 4) and
 ``conv_logits`` (80): the background row moves to the front, and the background's 4 regression rows
 and mask-logit channel, which no output of the model reads (inference and the losses index them by
-the object class, ≥ 1), are zero.
+the object class, ≥ 1), are zero. mmdetection's COCO classes are the categories in id order, as our
+labels 1..80 are (:mod:`carafe_exp.data.coco`).
+
+The released v2 files were trained with mmdetection v2's settings: evaluate them with
+``+setting=mmdet_v2`` (a warning says so when the model is built otherwise).
 """
 
 from __future__ import annotations

@@ -191,3 +191,23 @@ def test_another_fill_or_output_activation_is_a_warning(mmagic_checkpoint: tuple
     with caplog.at_level("WARNING"):
         _ours(file, output_activation="tanh")
     assert "output_activation=clip" in caplog.text
+
+
+@pytest.mark.parametrize(("recipe", "config"), [("global_local", "base_gl.py"), ("deepfill_v2", "base_deepfillv2.py")])
+def test_recipes_are_mmagic_configs_losses(recipe: str, config: str) -> None:
+    """Each ``task.module.recipe`` has exactly its mmagic config's GAN loss, its weight and its L1 terms (issue #19 §3)."""
+    from mmengine.config import Config
+
+    from carafe_exp.tasks.inpainting_recipes import RECIPES
+
+    mmagic = import_reference("mmagic")
+    model = Config.fromfile(str(Path(mmagic.__file__).parent / ".mim/configs/_base_/models" / config)).model
+    ours = RECIPES[recipe]
+    assert (ours.adversarial_loss, ours.adversarial_weight) == (model.loss_gan.gan_type, model.loss_gan.loss_weight)
+    assert ours.l1_hole_weight == model.loss_l1_hole.loss_weight
+    assert ours.l1_valid_weight == (model.loss_l1_valid.loss_weight if "loss_l1_valid" in model else 0.0)
+    if recipe == "deepfill_v2":  # its discriminator is ours: SN-PatchGAN on image + mask
+        assert model.disc.with_spectral_norm and model.disc_input_with_mask and model.disc.num_convs == 6
+        assert (ours.discriminator_kind, ours.discriminator_with_mask) == ("sn_patchgan", True)
+    else:  # GL's two discriminators are what the papers replace by one PatchGAN (CARAFE supplement §1)
+        assert model.disc.type == "GLDiscs" and ours.discriminator_kind == "nlayer"

@@ -211,3 +211,30 @@ def test_recipes_are_mmagic_configs_losses(recipe: str, config: str) -> None:
         assert (ours.discriminator_kind, ours.discriminator_with_mask) == ("sn_patchgan", True)
     else:  # GL's two discriminators are what the papers replace by one PatchGAN (CARAFE supplement §1)
         assert model.disc.type == "GLDiscs" and ours.discriminator_kind == "nlayer"
+
+
+def test_irregular_masks_have_mmagic_hole_areas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``data.masks.mode=irregular`` against mmagic's own ``get_irregular_mask`` with the DeepFill v2 Places
+    config's ``mask_config`` (deepfillv2_8xb2_places-256x256.py): the same mean hole area to 2 points."""
+    import importlib.util
+
+    import numpy as np
+
+    from carafe_exp.data.masks import FreeFormMaskSettings, free_form_mask
+
+    mmagic = import_reference("mmagic")
+    # trans_utils.py still names numpy's removed alias np.bool8 at import time.
+    monkeypatch.setattr(np, "bool8", np.bool_, raising=False)
+    spec = importlib.util.spec_from_file_location("mmagic_trans_utils",
+                                                  Path(mmagic.__file__).parent / "utils" / "trans_utils.py")
+    assert spec is not None and spec.loader is not None
+    trans_utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trans_utils)
+    np.random.seed(0)
+    theirs = np.mean([trans_utils.get_irregular_mask((256, 256), area_ratio_range=(0.15, 0.65), num_vertices=(4, 10),
+                                                     max_angle=6.0, length_range=(20, 128),
+                                                     brush_width=(10, 45)).mean() for _ in range(300)])
+    rng = np.random.default_rng(0)
+    settings = FreeFormMaskSettings(mode="irregular")
+    ours = np.mean([free_form_mask(256, 256, rng, settings).mean() for _ in range(300)])
+    assert abs(ours - theirs) < 0.02, (ours, theirs)

@@ -1,7 +1,9 @@
 """The Global&Local completion network (Iizuka et al. 2017) with CARAFE / CARAFE++ sites, and its Partial Conv variant.
 
-Layers as the CARAFE supplementary material and mmagic's ``gl_{encoder,dilation,decoder}.py``
-give them; every layer is conv + BN + ReLU except the last, no skip connections:
+The CARAFE supplement names Global&Local without listing its layers; these are mmagic's
+``GLEncoderDecoder`` (``gl_{encoder,dilation,decoder}.py``), and an mmagic checkpoint loads into this
+module and gives mmagic's outputs (``model.weights``, tests/reference). Every layer is conv + BN +
+ReLU except the last, no skip connections:
 
     input: image with its hole filled + the hole mask (4 channels)
     conv5×5 64 → conv3×3 s2 128 → conv 128 → conv3×3 s2 256 → conv 256 → conv 256

@@ -238,3 +238,34 @@ def test_irregular_masks_have_mmagic_hole_areas(monkeypatch: pytest.MonkeyPatch)
     settings = FreeFormMaskSettings(mode="irregular")
     ours = np.mean([free_form_mask(256, 256, rng, settings).mean() for _ in range(300)])
     assert abs(ours - theirs) < 0.02, (ours, theirs)
+
+
+def test_the_cli_evaluates_an_mmagic_checkpoint_as_mmagic_computes_it(
+        mmagic_checkpoint: tuple[nn.Module, Path], cli_env: dict[str, str], tmp_path: Path) -> None:
+    """README "Evaluate the released models": ``train=false model.weights=<mmagic file>`` scores mmagic's generator."""
+    import json
+
+    from helpers import run_cli
+
+    from carafe_exp.data.places import PlacesDataModule
+    from carafe_exp.metrics.inpainting import InpaintingMetrics
+
+    reference, file = mmagic_checkpoint
+    run_dir = tmp_path / "evaluated"
+    run_cli(["task=inpainting", "train=false", f"model.weights={file}", "data.image_size=32", "data.batch_size=8",
+             "logger=none", "callbacks=none", f"hydra.run.dir={run_dir}"], cli_env)
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["config"]["data"]["masks"]["mode"] == "brush" and 0 < record["metrics"]["hole_area"] < 100
+    data_config = {k: v for k, v in record["config"]["data"].items() if k not in ("_target_", "kind")}
+    data = PlacesDataModule(**data_config)
+    data.setup("test")
+    metric = InpaintingMetrics()
+    generator = copy.deepcopy(reference).float().eval()
+    with torch.no_grad():
+        for batch in data.test_dataloader():
+            image, hole = batch["image"], batch["mask"]
+            completed = hole * _mmagic_forward(generator, image, hole) + (1 - hole) * image
+            metric.update((completed + 1) / 2, (image + 1) / 2, hole, batch["index"])
+    expected = metric.compute()
+    for name in ("L1", "PSNR", "PSNR_whole", "L1_signed", "PSNR_signed", "hole_area"):
+        assert record["metrics"][name] == pytest.approx(float(expected[name]), rel=1e-4), name

@@ -240,6 +240,7 @@ def test_irregular_masks_have_mmagic_hole_areas(monkeypatch: pytest.MonkeyPatch)
     assert abs(ours - theirs) < 0.02, (ours, theirs)
 
 
+@pytest.mark.slow  # a CLI run: ~20 s on an idle 2-core machine, more under load
 def test_the_cli_evaluates_an_mmagic_checkpoint_as_mmagic_computes_it(
         mmagic_checkpoint: tuple[nn.Module, Path], cli_env: dict[str, str], tmp_path: Path) -> None:
     """README "Evaluate the released models": ``train=false model.weights=<mmagic file>`` scores mmagic's generator."""

@@ -20,8 +20,9 @@ Patch scores enter the adversarial losses weighted by the share of hole pixels u
 Lightning counts every optimiser step in ``trainer.global_step``: one iteration is two steps, so a
 schedule's ``max_steps`` is twice its iterations.
 
-Metrics (:mod:`carafe_exp.metrics.inpainting`): ``L1`` (%), ``PSNR`` (dB) over the hole and
-``L1_whole``, ``PSNR_whole``, logged as ``val/*`` and ``test/*``. Every validation epoch writes a
+Metrics (:mod:`carafe_exp.metrics.inpainting`): ``L1`` (%), ``PSNR`` (dB) over the hole, the same
+hole in [−1, 1] (``L1_signed``, ``PSNR_signed``), ``L1_whole``, ``PSNR_whole`` and the mean
+``hole_area`` (%), logged as ``val/*`` and ``test/*``. Every validation epoch writes a
 picture grid (rows: masked input with the hole in white | completion | ground truth) of the first
 ``num_pictures`` validation images to ``<run dir>/pictures/`` and to TensorBoard / W&B.
 """

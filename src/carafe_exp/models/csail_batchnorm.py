@@ -35,9 +35,13 @@ BN_STATS = ("torch", "csail")
 CSAIL_MOMENTUM = 0.001
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def _all_reduced(x: torch.Tensor) -> torch.Tensor:
     """``x`` summed over the DDP processes (differentiably); ``x`` itself when there is one process."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _distributed():
         from torch.distributed.nn.functional import all_reduce
 
         return all_reduce(x)
@@ -70,11 +74,13 @@ class CsailBatchNorm2d(_NormBase):
         if not self.training:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
         channels = x.shape[1]
-        local_size = torch.tensor([x.numel() // channels], dtype=x.dtype, device=x.device)
+        count = x.numel() // channels
+        if count <= 1 and not _distributed():
+            raise ValueError("BatchNorm needs more than one value per channel in training (CSAIL's SyncBN asserts it)")
+        local_size = torch.tensor([count], dtype=x.dtype, device=x.device)
+        # One all-reduce of [Σx, Σx², n] per layer, as CSAIL's master gathers sum, square sum and size.
         sums = _all_reduced(torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), local_size]))
         total, square_total, size = sums[:channels], sums[channels:2 * channels], sums[-1]
-        if float(size) <= 1:
-            raise ValueError("BatchNorm needs more than one value per channel in training (CSAIL's SyncBN asserts it)")
         mean = total / size
         sum_var = square_total - total * mean
         with torch.no_grad():

@@ -83,7 +83,7 @@ def test_resampler_init_csail_reinitialises_the_resamplers_in_the_decoder() -> N
         torch.manual_seed(0)
         model = build_upernet(4, upsampler=CARAFE_UP, sites={"fpn": True}, backbone={"depth": 18}, channels=16,
                               resampler_init=resampler_init)
-        return float(model.decode_head.fpn_upsamplers[0].kernel_predictor.encoder.weight.std())
+        return float(model.decode_head.fpn_upsamplers[0].kernel_predictor.encoder.weight.detach().std())
 
     # mmcv's CARAFEPack: content encoder N(0, 0.001); CSAIL's weights_init: Kaiming normal, std sqrt(2 / fan_in).
     assert encoder_std("own") == pytest.approx(0.001, rel=0.2)

@@ -19,6 +19,11 @@ own operator; so does an on site when the upsampler is bilinear (align_corners=F
 ``bilinear_is_original`` holds, because that *is* UperNet's operator — ``upsampler=bilinear``
 with every site on is the paper's UperNet baseline.
 
+Options following CSAIL's code rather than torchvision's: ``backbone.stem=deep`` (CSAIL's ResNet,
+:mod:`carafe_exp.models.deep_stem`), ``bn_stats=csail`` (its SyncBN statistics,
+:mod:`carafe_exp.models.csail_batchnorm`), ``resampler_init=csail`` (its decoder initialisation
+applied to the resamplers too).
+
 The model returns class logits at 1/4 of the input resolution (``"out"``) and, when built with
 ``aux_head`` and in training mode, mmsegmentation's auxiliary FCN logits on C4 (``"aux"``).
 """

@@ -62,8 +62,8 @@ def is_experiment(name: str) -> bool:
 def how_to_provide(key: str, provider: str) -> str:
     """What the user runs to get ``key``'s value: the pretraining experiment, or the marker's text."""
     if is_experiment(provider):
-        return (f"run the pretraining sweep first (carafe-exp -m experiment={provider} data.root=<dir>, see the "
-                f"README's 'Regenerate the papers') and give {key}=<its sweep dir>")
+        return (f"run the pretraining sweep experiment={provider} first (its command: README, 'Regenerate the "
+                f"papers') and give {key}=<its sweep dir>")
     return f"{provider}; give {key}=<...>"
 
 

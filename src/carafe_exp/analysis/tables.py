@@ -61,7 +61,8 @@ def list_tables(width: int | None = None) -> str:
             lines += textwrap.wrap(settings[table_id] + ".", width=max(width - 4, 40), initial_indent="    ",
                                    subsequent_indent="    ", break_on_hyphens=False)
     lines += ["", "rows: the sweep's runs; quoted rows: numbers from other work, for reference",
-              "paper's machine: what the paper trained on; a run elsewhere records how it differs (setting_differences)"]
+              "paper's machine: what the paper trained on; a run on another machine warns",
+              "  and records how it differs (metrics.json setting_differences)"]
     return "\n".join(lines) + "\n"
 
 

@@ -35,7 +35,7 @@ from carafe_exp.runs.checkpoint_inspection import CheckpointFile, resolve_ckpt_p
 from carafe_exp.errors import ConfigError
 from carafe_exp.models.build import build_model
 from carafe_exp.runs.name import model_description, run_name
-from carafe_exp.runs.setting_differences import apply_paper_setting
+from carafe_exp.runs.setting_differences import apply_paper_setting, confirm_world_size
 from carafe_exp.runs.record import (METRICS_FILE, STATUS_COMPLETED, build_record, device_description, read_record,
                                    write_record)
 from carafe_exp.sweeps.dirname import current_swept_overrides
@@ -201,6 +201,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         enable_checkpointing=any(isinstance(cb, ModelCheckpoint) for cb in callbacks),
         enable_progress_bar=any(isinstance(cb, ProgressBar) for cb in callbacks),
         enable_model_summary=any(isinstance(cb, ModelSummary) for cb in callbacks))
+    confirm_world_size(cfg, trainer.world_size)
 
     results: list[dict[str, float]] = []
     try:

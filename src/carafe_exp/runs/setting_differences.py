@@ -169,6 +169,22 @@ def setting_differences(cfg: DictConfig, machine: PaperMachine, world_size: int,
     return differences
 
 
+def _rank_zero() -> bool:
+    # Every DDP process runs the job; one says what differs. Lightning reads the rank from the
+    # environment its launcher (or torchrun, SLURM) sets, before any Trainer exists.
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def confirm_world_size(cfg: DictConfig, actual: int) -> None:
+    """Warn when Lightning started another number of processes than the differences were computed for."""
+    planned = planned_world_size(cfg.trainer)
+    if planned != actual and _rank_zero():
+        log.warning("setting_differences and the schedule's length assumed %d processes, Lightning runs %d: give "
+                    "trainer.devices explicitly for an exact record", planned, actual)
+
+
 def apply_paper_setting(cfg: DictConfig) -> list[dict[str, Any]] | None:
     """Scale an iteration-counted schedule to the paper's images and warn of every other difference.
 
@@ -179,7 +195,8 @@ def apply_paper_setting(cfg: DictConfig) -> list[dict[str, Any]] | None:
     per_device = int(cfg.data.batch_size)
     total = per_device * world_size * int(cfg.trainer.get("accumulate_grad_batches", 1) or 1)
     scaled = scale_iterations(cfg, total)
-    if scaled is not None:
+    speak = _rank_zero()
+    if scaled is not None and speak:
         at_batch = int(cfg.schedule.iterations_at_batch)
         log.warning("schedule: %d iterations at a total batch of %d are %d images; at our total batch of %d "
                     "trainer.max_steps=%d keeps them (schedule.iterations_at_batch=null keeps the iterations)",
@@ -189,7 +206,7 @@ def apply_paper_setting(cfg: DictConfig) -> list[dict[str, Any]] | None:
         return None
     machine = PaperMachine.from_mapping(OmegaConf.to_container(node, resolve=True))  # type: ignore[arg-type]
     differences = setting_differences(cfg, machine, world_size, scaled)
-    if differences:
+    if differences and speak:
         log.warning("this run differs from the paper's machine (%s; %s):", machine.describe(), machine.source)
         for item in differences:
             log.warning("  %s: ours %s, the paper's %s", item["key"], item["ours"], item["paper"])
@@ -200,4 +217,4 @@ def apply_paper_setting(cfg: DictConfig) -> list[dict[str, Any]] | None:
 
 
 __all__ = ["BN_FROZEN", "BN_PER_DEVICE", "BN_REGIMES", "BN_SYNCHRONISED", "PaperMachine", "apply_paper_setting",
-           "batchnorm_text", "planned_world_size", "scale_iterations", "setting_differences"]
+           "batchnorm_text", "confirm_world_size", "planned_world_size", "scale_iterations", "setting_differences"]

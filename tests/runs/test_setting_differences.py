@@ -115,3 +115,12 @@ def test_table5_smoke_run_records_its_differences_and_carafe_tables_lists_them(c
     assert "machines differ from the paper's in: total_batch: ours 4 in 1 run (paper's 16)" in text
     assert "bn_statistics: ours per device, 4 images in 1 run (paper's synchronised over every device, 16 images)" \
         in text
+
+
+def test_a_torchvision_stem_on_carafe_table5_is_a_difference() -> None:
+    # CARAFE trained Tables 5-6 on CSAIL's code with its deep-stem ResNet (CARAFE supp. §1, footnote 1).
+    paper = _job("experiment=carafe/table5", "data=ade20k", "data.root=/a", "model.backbone.weights=/w.pth")
+    assert "backbone_stem" not in _by_key(apply_paper_setting(paper))
+    ours = _job("experiment=carafe/table5", "data=ade20k", "data.root=/a", "model.backbone.stem=torchvision",
+                "model.backbone.weights=IMAGENET1K_V1")
+    assert _by_key(apply_paper_setting(ours))["backbone_stem"] == ("torchvision", "deep")

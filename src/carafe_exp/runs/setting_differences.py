@@ -46,6 +46,8 @@ class PaperMachine:
     per_device_batch: int | None = None
     batchnorm: str | None = None
     source: str = ""
+    # The ResNet stem the paper trained with (CARAFE Tables 5-6: CSAIL's deep stem); None where any.
+    backbone_stem: str | None = None
 
     @classmethod
     def from_mapping(cls, node: Mapping[str, Any], where: str = "paper_setting") -> PaperMachine:
@@ -56,7 +58,8 @@ class PaperMachine:
                           per_device_batch=None if node.get("per_device_batch") is None
                           else int(node["per_device_batch"]),
                           batchnorm=None if node.get("batchnorm") is None else str(node["batchnorm"]),
-                          source=str(node.get("source") or ""))
+                          source=str(node.get("source") or ""),
+                          backbone_stem=None if node.get("backbone_stem") is None else str(node["backbone_stem"]))
         except (KeyError, TypeError, ValueError) as error:
             raise ConfigError(f"{where}: expected total_batch, devices, per_device_batch, batchnorm ({error})") \
                 from error
@@ -140,7 +143,7 @@ def setting_differences(cfg: DictConfig, machine: PaperMachine, world_size: int,
                         scaled: tuple[int, int] | None = None) -> list[dict[str, Any]]:
     """Every difference of this run from ``machine``: ``[{"key", "ours", "paper"}, ...]``.
 
-    Keys: ``total_batch``, ``devices``, ``per_device_batch``, ``bn_statistics`` and, where the
+    Keys: ``total_batch``, ``devices``, ``per_device_batch``, ``bn_statistics``, ``backbone_stem`` and, where the
     images seen differ (an explicit ``trainer.max_steps`` under an iteration-counted schedule),
     ``images_seen``; the scaled iteration count is listed as ``iterations`` (its images are the paper's).
     """
@@ -158,6 +161,7 @@ def setting_differences(cfg: DictConfig, machine: PaperMachine, world_size: int,
     differ("per_device_batch", per_device, machine.per_device_batch)
     regime, images = _our_batchnorm(cfg, world_size, per_device)
     differ("bn_statistics", batchnorm_text(regime, images), machine.batchnorm_text())
+    differ("backbone_stem", OmegaConf.select(cfg, "model.backbone.stem", default=None), machine.backbone_stem)
     if scaled is not None:
         differ("iterations", scaled[1], scaled[0])
     else:

@@ -49,6 +49,21 @@ def test_hand_computed_values() -> None:
     assert values["PSNR_whole"].item() == pytest.approx((10 * math.log10(1 / mse_0) + 10 * math.log10(1 / mse_1)) / 2)
 
 
+def test_signed_reading_and_hole_area_by_hand() -> None:
+    """Issue #19 §3: the hole metrics of the same images in [−1, 1] (peak 1) beside ours, and the hole share."""
+    completed, target, hole = _pair()
+    metric = InpaintingMetrics()
+    metric.update(completed, target, hole, torch.tensor([0, 1]))
+    values = metric.compute()
+    signed_completed, signed_target = completed * 2 - 1, target * 2 - 1
+    # Image 0: |err| 0.2 in [-1, 1] -> 20 %, MSE 0.04 -> 10·log10(25) dB; image 1: 0.4 and 0 -> 20 %, MSE 0.08.
+    assert values["L1_signed"].item() == pytest.approx(20.0)
+    assert values["L1_signed"].item() == pytest.approx(l1_percent(signed_completed, signed_target, hole).mean().item())
+    assert values["PSNR_signed"].item() == pytest.approx((10 * math.log10(25) + 10 * math.log10(1 / 0.08)) / 2)
+    assert values["PSNR_signed"].item() == pytest.approx(values["PSNR"].item() - 6.0206, abs=1e-4)
+    assert values["hole_area"].item() == pytest.approx(50.0)  # the left column of 2×2 images
+
+
 def test_repeated_indices_count_once_and_holeless_images_skip_the_hole_average() -> None:
     completed, target, hole = _pair()
     metric = InpaintingMetrics()

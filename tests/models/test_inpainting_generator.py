@@ -17,6 +17,7 @@ from carafe_exp.models.global_local import (
     build_global_local,
     build_partial_conv,
 )
+from carafe_exp.errors import ConfigError
 from carafe_exp.models.partial_conv import PartialConv2d
 from carafe_exp.resample.carafe import CarafeDownsample, CarafeUpsample
 
@@ -165,7 +166,8 @@ def test_mask_through_carafe_up_uses_its_kernels(update: str) -> None:
     mask[..., 1:3, 1:4] = 0
     kernels = up.kernel_predictor(x)
     carried = _carry_mask(up, kernels, mask, update)
-    expected = _hand_reassemble(mask, kernels, 3, lambda y, x: (y // 2, x // 2))
+    source = lambda y, x: (y // 2, x // 2)  # noqa: E731
+    expected = _hand_reassemble(mask, kernels, 3, source) / _hand_reassemble(torch.ones_like(mask), kernels, 3, source)
     if update == "soft":
         assert torch.allclose(carried[0, 0].double(), expected.clamp(0, 1), atol=1e-6)
         assert 0 < carried.min() < 0.5 < carried.max() <= 1  # soft values inside the hole's border
@@ -183,9 +185,38 @@ def test_mask_through_carafe_down_uses_its_kernels() -> None:
     mask[..., 2:6, 0:4] = 0
     kernels = down.kernel_predictor(x)
     carried = _carry_mask(down, kernels, mask, "soft")
-    expected = _hand_reassemble(mask, kernels, 3, lambda y, x: (2 * y, 2 * x))
+    source = lambda y, x: (2 * y, 2 * x)  # noqa: E731
+    expected = _hand_reassemble(mask, kernels, 3, source) / _hand_reassemble(torch.ones_like(mask), kernels, 3, source)
     assert carried.shape == (1, 1, 4, 3)
     assert torch.allclose(carried[0, 0].double(), expected.clamp(0, 1), atol=1e-6)
+
+
+@pytest.mark.parametrize("direction", ["up", "down"])
+def test_an_all_valid_mask_stays_valid_at_the_border(direction: str) -> None:
+    """Issue #19 §3: with zero padding, Σ W·M of an all-ones mask is ~0.36 at a corner (uniform 5×5
+    kernels: 9/25), so the next partial conv would rescale the border 2–3× more than the baseline's
+    nearest-carried mask does. Normalised by the in-image kernel mass it is 1 everywhere."""
+    torch.manual_seed(6)
+    resampler = (CarafeUpsample(8, 2, k_up=5, c_m=4, backend="reference") if direction == "up"
+                 else CarafeDownsample(8, 2, k_down=5, c_m=4, backend="reference").eval())
+    x = torch.randn(1, 8, 8, 8)
+    ones = torch.ones(1, 1, 8, 8)
+    kernels = resampler.kernel_predictor(x)
+    normalised = _carry_mask(resampler, kernels, ones, "soft")
+    assert torch.allclose(normalised, torch.ones_like(normalised), atol=1e-6)
+    padded = _carry_mask(resampler, kernels, ones, "soft", "zero_pad")
+    assert padded[0, 0, 0, 0] < 0.7 and padded[0, 0, 0, 3] < 0.9  # what the zero-padded sum did
+    # The partial conv after it then treats the border exactly as after the baseline's nearest mask.
+    conv = PartialConv2d(8, 4, 3, padding=1)
+    features = torch.randn(1, 8, *normalised.shape[-2:])
+    baseline_mask = torch.ones_like(normalised)
+    assert torch.allclose(conv(features, normalised)[0], conv(features, baseline_mask)[0], atol=1e-5)
+    assert not torch.allclose(conv(features, padded)[0], conv(features, baseline_mask)[0], atol=1e-2)
+
+
+def test_mask_border_choice_is_checked() -> None:
+    with pytest.raises(ConfigError, match="model.mask_border must be one of"):
+        build_partial_conv(CARAFE_UP, None, {"decoder": True}, mask_border="reflect")
 
 
 def test_grouped_kernels_each_move_the_mask() -> None:
@@ -196,8 +227,9 @@ def test_grouped_kernels_each_move_the_mask() -> None:
     mask = torch.ones(1, 1, 3, 3)
     mask[..., 1, 1] = 0
     kernels = up.kernel_predictor(x)
-    per_group = [_hand_reassemble(mask, kernels[:, g * 9:(g + 1) * 9], 3, lambda y, x: (y // 2, x // 2))
-                 for g in range(2)]
+    source = lambda y, x: (y // 2, x // 2)  # noqa: E731
+    per_group = [_hand_reassemble(mask, kernels[:, g * 9:(g + 1) * 9], 3, source)
+                 / _hand_reassemble(torch.ones_like(mask), kernels[:, g * 9:(g + 1) * 9], 3, source) for g in range(2)]
     assert torch.allclose(_carry_mask(up, kernels, mask, "soft")[0, 0].double(),
                           ((per_group[0] + per_group[1]) / 2).clamp(0, 1), atol=1e-6)
 

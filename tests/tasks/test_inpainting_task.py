@@ -23,12 +23,12 @@ CONSTANT = {"max_epochs": 1, "policy": "constant"}
 
 def _task(**kwargs) -> InpaintingTask:
     model = build_global_local({"name": "deconv"}, {"name": "conv"})
-    return InpaintingTask(model, PAPER_ADAM, CONSTANT, discriminator={"kind": "nlayer", "base_channels": 8},
-                          **kwargs)
+    kwargs.setdefault("discriminator", {"base_channels": 8})
+    return InpaintingTask(model, PAPER_ADAM, CONSTANT, **kwargs)
 
 
 def test_hinge_losses_by_hand() -> None:
-    task = _task(adversarial_region="all")
+    task = _task(recipe="deepfill_v2", discriminator={"kind": "nlayer", "base_channels": 8, "with_mask": False})
     real = torch.tensor([0.5, 2.0, -1.0]).view(1, 1, 1, 3)
     fake = torch.tensor([-2.0, 0.0, 1.5]).view(1, 1, 1, 3)
     hole = torch.ones(1, 1, 4, 4)
@@ -39,7 +39,7 @@ def test_hinge_losses_by_hand() -> None:
 
 
 def test_vanilla_losses_and_hole_weighting_by_hand() -> None:
-    task = _task(adversarial_loss="vanilla")
+    task = _task()  # the default recipe, global_local
     assert task.adversarial_weight == 0.001  # mmagic GL's vanilla GAN weight
     fake = torch.tensor([[0.0, 2.0]]).view(1, 1, 1, 2)
     hole = torch.zeros(1, 1, 2, 4)
@@ -49,6 +49,42 @@ def test_vanilla_losses_and_hole_weighting_by_hand() -> None:
     real = torch.tensor([[1.0, -5.0]]).view(1, 1, 1, 2)
     expected = -math.log(1 / (1 + math.exp(-1.0))) + math.log(2)  # BCE(real 1 vs 1) + BCE(fake 0 vs 0)
     assert task.discriminator_loss(real, fake, hole).item() == pytest.approx(expected)
+
+
+def test_default_recipe_is_mmagic_global_local_losses_with_the_papers_one_patchgan() -> None:
+    """mmagic configs/_base_/models/base_gl.py: loss_gan vanilla 0.001, loss_l1_hole 1.0, no loss_l1_valid;
+    CARAFE supplement §1: one PatchGAN-style discriminator on the inpainted region."""
+    task = _task()
+    assert task.recipe == "global_local"
+    assert (task.adversarial_loss, task.adversarial_weight, task.adversarial_region) == ("vanilla", 0.001, "hole")
+    assert (task.l1_hole_weight, task.l1_valid_weight) == (1.0, 0.0)
+    assert task.discriminator.with_mask is False and isinstance(task.discriminator.layers[-1], torch.nn.Conv2d)
+    # The generator's loss ignores the valid pixels: only the hole and the adversarial term count.
+    raw, image, hole = torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4), torch.zeros(1, 1, 4, 4)
+    hole[..., :2, :] = 1
+    image[..., 2:, :] = 0.8  # error only outside the hole
+    losses = task.generator_losses(raw, image, hole, torch.zeros(1, 1, 1, 1))
+    assert losses["l1_valid"].item() == pytest.approx(0.8)
+    assert losses["total"].item() == pytest.approx(0.001 * math.log(2))
+
+
+def test_deepfill_v2_recipe_is_mmagic_deepfill_v2() -> None:
+    """mmagic configs/_base_/models/base_deepfillv2.py: hinge 0.1, L1 hole 1.0 and valid 1.0, SN-PatchGAN
+    (MultiLayerDiscriminator, with_spectral_norm, disc_input_with_mask=True)."""
+    task = _task(recipe="deepfill_v2", discriminator={"base_channels": 8})
+    assert (task.adversarial_loss, task.adversarial_weight, task.adversarial_region) == ("hinge", 0.1, "all")
+    assert (task.l1_hole_weight, task.l1_valid_weight) == (1.0, 1.0)
+    assert task.discriminator.with_mask is True
+    assert hasattr(task.discriminator.layers[0], "parametrizations")  # spectral norm
+
+
+def test_a_key_set_against_its_recipe_wins_and_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING"):
+        task = _task(adversarial_loss="hinge")
+    assert task.adversarial_loss == "hinge" and task.adversarial_weight == 0.001
+    assert "adversarial_loss=hinge (recipe: vanilla)" in caplog.text and "not the global_local recipe" in caplog.text
+    with pytest.raises(ConfigError, match="recipe must be one of"):
+        _task(recipe="pix2pix")
 
 
 def test_masked_l1_by_hand() -> None:

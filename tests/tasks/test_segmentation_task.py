@@ -32,10 +32,11 @@ def compose_with(overrides: list[str]):
         return compose(config_name="config", overrides=overrides)
 
 
-def test_quarter_loss_uses_the_top_left_label_of_each_4x4_cell() -> None:
+def test_quarter_loss_uses_the_centre_label_of_each_4x4_cell() -> None:
+    # PIL's nearest neighbour (mit-semseg 1.0.0 dataset.py, the pinned CSAIL code): pixel 4i + 2.
     labels = torch.full((1, 8, 8), IGNORE, dtype=torch.uint8)
-    labels[0, 0, 0], labels[0, 0, 4], labels[0, 4, 0], labels[0, 4, 4] = 1, 2, IGNORE, 0
-    labels[0, 1:4, 1:4] = 2  # the rest of the top-left cell does not count
+    labels[0, 2, 2], labels[0, 2, 6], labels[0, 6, 2], labels[0, 6, 6] = 1, 2, IGNORE, 0
+    labels[0, 0:2, 0:2] = 2  # the rest of the top-left cell does not count
     logits = torch.randn(1, 3, 2, 2)
     assert downsample_labels(labels, (2, 2)).tolist() == [[[1, 2], [IGNORE, 0]]]
     log_probs = F.log_softmax(logits, dim=1)[0]

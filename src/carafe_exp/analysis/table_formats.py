@@ -227,6 +227,7 @@ def table_json(result: TableResult) -> dict[str, Any]:
         } for r in result.rows],
         "not_in_table": [{"run": str(run.run_dir), "reason": reason} for run, reason in result.outsiders],
         "unreadable": list(result.problems), "setting_differences": list(result.setting_notes),
+        "machine_differences": list(result.machine_notes),
         "devices": result.devices, "notes": result.footnotes(),
     }
 

@@ -20,6 +20,7 @@ from typing import Any
 from carafe_exp.analysis.experiment_jobs import RowSetting, flatten, identity_keys, row_setting
 from carafe_exp.analysis.paper_numbers import COMPLEXITY_COLUMNS, TABLE2_CHANNELS, TABLE2_SCALE, PaperRow, PaperTable
 from carafe_exp.analysis.run_records import COMPLETED, FAILED, RunRecord
+from carafe_exp.analysis.table_setting import difference_notes
 from carafe_exp.errors import ConfigError
 
 MISSING, REFERENCE, SERVER = "missing", "reference", "server"
@@ -61,6 +62,8 @@ class TableResult:
     outsiders: list[tuple[RunRecord, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     setting_notes: list[str] = field(default_factory=list)
+    # How the runs' machines differed from the paper's (their metrics.json "setting_differences").
+    machine_notes: list[str] = field(default_factory=list)
 
     @property
     def devices(self) -> list[str]:
@@ -79,6 +82,8 @@ class TableResult:
                 notes.append(f"Row {result.row.label!r} is inferred: {result.row.evidence}.")
             for note in result.notes:
                 notes.append(f"Row {result.row.label!r}: {note}")
+        if self.machine_notes:
+            notes.append("Our runs' machines differ from the paper's in: " + "; ".join(self.machine_notes) + ".")
         if self.setting_notes:
             notes.append("Our runs differ from the paper's setting in: " + "; ".join(self.setting_notes) + ".")
         # Runs left out for the same reason are one note (a sweep run off the paper's setting
@@ -251,7 +256,7 @@ def assemble_table(table: PaperTable, records: Sequence[RunRecord], columns: Seq
         notes = notes[:MAX_SETTING_NOTES] + [f"{len(notes) - MAX_SETTING_NOTES} more keys"]
     if sample_data:
         notes.insert(0, f"generated sample data in {sample_data} run{'s' if sample_data > 1 else ''}")
-    return TableResult(table, columns, results, outsiders, list(problems), notes)
+    return TableResult(table, columns, results, outsiders, list(problems), notes, difference_notes(records))
 
 
 def _row_result(row: PaperRow, runs: list[RunRecord], columns: Sequence[str]) -> RowResult:

@@ -22,6 +22,7 @@ from carafe_exp.analysis.paper_numbers import paper_table, paper_tables
 from carafe_exp.analysis.run_records import RunRecord, load_run_records
 from carafe_exp.analysis.table_formats import FORMATS, render, runs_columns
 from carafe_exp.analysis.table_results import TableResult, assemble_table
+from carafe_exp.analysis.table_setting import list_lines
 from carafe_exp.errors import ConfigError, UserInputError
 from carafe_exp.runs.record import METRICS_FILE
 
@@ -46,6 +47,7 @@ def list_tables(width: int | None = None) -> str:
     import textwrap
 
     width = width or shutil.get_terminal_size((100, 24)).columns
+    settings = list_lines(list(paper_tables()))
     lines = ["The papers' tables. Run one: carafe-exp -m experiment=<id> ...",
              "Show it: carafe-tables <sweep dir> --paper <id>", ""]
     for table_id, entry in paper_tables().items():
@@ -55,7 +57,12 @@ def list_tables(width: int | None = None) -> str:
         same = f" Same runs as {entry.same_as}." if entry.same_as else ""
         lines += textwrap.wrap(f"{entry.title}. Needs: {entry.needs}.{same}", width=max(width - 4, 40),
                                initial_indent="    ", subsequent_indent="    ", break_on_hyphens=False)
-    lines += ["", "rows: the sweep's runs; quoted rows: numbers from other work, for reference"]
+        if table_id in settings:
+            lines += textwrap.wrap(settings[table_id] + ".", width=max(width - 4, 40), initial_indent="    ",
+                                   subsequent_indent="    ", break_on_hyphens=False)
+    lines += ["", "rows: the sweep's runs; quoted rows: numbers from other work, for reference",
+              "paper's machine: what the paper trained on; a run on another machine warns",
+              "  and records how it differs (metrics.json setting_differences)"]
     return "\n".join(lines) + "\n"
 
 

@@ -92,7 +92,7 @@ def _num_classes(state: dict[str, torch.Tensor]) -> int | None:
 
 def load_trained_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any], Path]:
     """The network of a run (built from its config, weights from its checkpoint), its config and run dir."""
-    from hydra.utils import instantiate
+    from carafe_exp.models.build import build_model
 
     run_dir, checkpoint = locate_run(path)
     config = run_config(run_dir)
@@ -107,12 +107,13 @@ def load_trained_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[st
     model_cfg = dict(config["model"])
     # The checkpoint holds every weight: do not read pretrained ImageNet weights again.
     model_cfg["backbone"] = {**dict(model_cfg.get("backbone") or {}), "weights": None}
+    model_cfg["weights"] = None
     kwargs: dict[str, Any] = {}
     num_classes = _num_classes(state)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    model = instantiate(model_cfg, upsampler=config.get("upsampler"), downsampler=config.get("downsampler"),
-                        _convert_="all", **kwargs)
+    model = build_model(model_cfg, upsampler=config.get("upsampler"), downsampler=config.get("downsampler"),
+                        **kwargs)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ConfigError(f"{checkpoint} does not fit the model of {run_dir} ({len(missing)} missing, "

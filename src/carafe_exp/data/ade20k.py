@@ -27,13 +27,15 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from carafe_exp.data.ade20k_classes import ADE20K_CLASSES
+from carafe_exp.data.group_sampler import GroupedBatchSampler
 from carafe_exp.data.segmentation_transforms import (
     IGNORE_INDEX,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    NORMALIZATIONS,
     EvalTransform,
     TrainBatch,
     collate_eval,
@@ -86,6 +88,24 @@ def read_image(path: Path) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file, from its header."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise DataError(f"cannot read ADE20K image {path}: {error}") from None
+    return int(height), int(width)
+
+
+def orientation_groups(sizes: Sequence[tuple[int, int]]) -> list[int]:
+    """CSAIL's two batch classes from (height, width): 0 if h > w (portrait), else 1 (``TrainDataset``).
+
+    Unlike mmdetection's aspect-ratio flag, a square image goes with the landscape ones.
+    """
+    return [0 if height > width else 1 for height, width in sizes]
+
+
 def read_label(path: Path, num_classes: int) -> torch.Tensor:
     """A label PNG as a uint8 (H, W) tensor: 0 → IGNORE_INDEX, i → i − 1."""
     try:
@@ -135,7 +155,10 @@ class ADE20KDataModule(SplitDataModule):
     """ADE20K (or the generated sample, with ``sample``) for the segmentation task.
 
     ``batch_size`` is the training batch per device (the paper: 2 on each of 8 GPUs); evaluation
-    runs one image at a time at its own size, as CSAIL's evaluation does. The validation split
+    runs one image at a time at its own size, as CSAIL's evaluation does. ``group_by_orientation``
+    builds each training batch from portrait or from landscape images only (CSAIL ``dataset.py``
+    ``TrainDataset``), with the aspect-ratio grouping of the COCO reader. ``normalization``: see
+    :data:`~carafe_exp.data.segmentation_transforms.NORMALIZATIONS`. The validation split
     doubles as the test split (ADE20K's test images have no public labels).
     """
 
@@ -145,7 +168,8 @@ class ADE20KDataModule(SplitDataModule):
                  test_short_side: int = PAPER_TEST_SHORT_SIDE, max_long_side: int = PAPER_MAX_LONG_SIDE,
                  flip_prob: float = 0.5, size_divisor: int = 32, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, persistent_workers: bool = True,
-                 sample: Mapping[str, Any] | None = None) -> None:
+                 sample: Mapping[str, Any] | None = None, group_by_orientation: bool = False,
+                 normalization: str = "mean_std") -> None:
         super().__init__()
         if root is None or str(root) in ("", "???"):
             raise DataError(f"data.root is not set: give the ADEChallengeData2016 directory ({EXPECTED_LAYOUT})")
@@ -159,8 +183,12 @@ class ADE20KDataModule(SplitDataModule):
             raise DataError(f"data.size_divisor must be >= 1, got {size_divisor}")
         if not 0.0 <= float(flip_prob) <= 1.0:
             raise ConfigError(f"data.flip_prob={flip_prob} is a probability: it must be in [0, 1]")
+        if normalization not in NORMALIZATIONS:
+            raise ConfigError(f"data.normalization must be one of {list(NORMALIZATIONS)}, got {normalization!r}")
         self.root = Path(root).expanduser()
         self.batch_size = int(batch_size)
+        self.group_by_orientation = bool(group_by_orientation)
+        self.normalization = normalization
         self.num_workers = int(num_workers)
         self.train_split, self.val_split = train_split, val_split
         self.test_split = test_split or val_split
@@ -191,17 +219,24 @@ class ADE20KDataModule(SplitDataModule):
         key = f"{split}:{'train' if train else 'eval'}"
         if key not in self._datasets:
             transform = None if train else EvalTransform(self.test_short_side, self.max_long_side,
-                                                         self.size_divisor, self.mean, self.std)
+                                                         self.size_divisor, self.mean, self.std, self.normalization)
             self._datasets[key] = ADE20KSegmentation(self.root, split, self.num_classes, transform=transform)
             log.info("ADE20K %s: %d images", split, len(self._datasets[key]))
         return self._datasets[key]
 
     def train_collate(self) -> TrainBatch:
         return TrainBatch(self.train_short_sides, self.max_long_side, self.flip_prob, self.size_divisor,
-                          self.mean, self.std)
+                          self.mean, self.std, self.normalization)
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._dataset(self.train_split, train=True)
+        if self.group_by_orientation:
+            # Image headers only; CSAIL reads the same sizes from its .odgt lists.
+            groups = orientation_groups([image_size(image) for image, _ in dataset.pairs])
+            batches = GroupedBatchSampler(RandomSampler(dataset), groups, self.batch_size)
+            return DataLoader(dataset, batch_sampler=batches, num_workers=self.num_workers,
+                              collate_fn=self.train_collate(),
+                              persistent_workers=self.persistent_workers and self.num_workers > 0)
         # A ragged last batch is dropped (BatchNorm), but never the only one.
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
                           collate_fn=self.train_collate(), drop_last=len(dataset) >= self.batch_size,
@@ -228,4 +263,5 @@ class ADE20KDataModule(SplitDataModule):
         return self._eval_loader(self.test_split)
 
 
-__all__ = ["ADE20KDataModule", "ADE20KSegmentation", "EXPECTED_LAYOUT", "list_pairs", "read_image", "read_label"]
+__all__ = ["ADE20KDataModule", "ADE20KSegmentation", "EXPECTED_LAYOUT", "image_size", "list_pairs",
+           "orientation_groups", "read_image", "read_label"]

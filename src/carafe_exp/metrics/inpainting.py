@@ -13,6 +13,11 @@ smaller and a PSNR 5–7 dB higher at 20–30 % holes. The whole-image values ar
 them as ``L1_whole`` and ``PSNR_whole``; ``PSNR_whole`` is mmagic's Places PSNR (whole image, both
 images rounded to 8 bits first, as ``tensor2img`` does), and ``L1`` equals mmagic's
 ``MAE(mask_key='mask', scaling=100)``.
+The same hole values in the other reading the numbers allow, the images in [−1, 1] (the network's
+range) with a peak of 1, are ``L1_signed`` = 2 · L1 and ``PSNR_signed`` = PSNR − 20·log10(2) dB
+(MSE four times larger), so a result can be set against either reading (issue #19 §3).
+``hole_area`` is the measured mean share of hole pixels per image (%), the mask distribution's
+area on the evaluated images (hole L1 / PSNR depend strongly on it).
 Images without hole pixels do not enter the hole averages. An exact match gives 100 dB (the MSE
 is floored at 1e-10) rather than infinity, so averages stay finite.
 
@@ -26,7 +31,9 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
-METRIC_NAMES = ("L1", "PSNR", "L1_whole", "PSNR_whole")
+METRIC_NAMES = ("L1", "PSNR", "L1_whole", "PSNR_whole", "L1_signed", "PSNR_signed", "hole_area")
+# [0, 1] → [−1, 1] doubles every difference: L1 × 2, MSE × 4.
+SIGNED_SCALE = 2.0
 MSE_FLOOR = 1e-10
 
 
@@ -91,6 +98,7 @@ class InpaintingMetrics(Metric):
             100.0 * hole_mae, 10.0 * torch.log10(1.0 / hole_mse.clamp_min(MSE_FLOOR)),
             100.0 * whole_mae, 10.0 * torch.log10(1.0 / whole_mse_8bit.clamp_min(MSE_FLOOR)),
             (hole_count > 0).double(),
+            100.0 * hole.double().mean(dim=(1, 2, 3)),
         ], dim=1)
         if indices is None:
             indices = torch.full((values.shape[0],), -1, dtype=torch.long, device=values.device)
@@ -101,7 +109,7 @@ class InpaintingMetrics(Metric):
         indices = self.indices if isinstance(self.indices, torch.Tensor) else (
             torch.cat(self.indices) if self.indices else torch.zeros(0, dtype=torch.long))
         values = self.values if isinstance(self.values, torch.Tensor) else (
-            torch.cat(self.values) if self.values else torch.zeros(0, 5, dtype=torch.float64))
+            torch.cat(self.values) if self.values else torch.zeros(0, 6, dtype=torch.float64))
         keep = _first_occurrences(indices)
         values = values[keep]
         has_hole = values[:, 4] > 0
@@ -110,11 +118,15 @@ class InpaintingMetrics(Metric):
         def mean(column: torch.Tensor) -> torch.Tensor:
             return column.mean() if column.numel() else nan
 
+        l1, psnr = mean(values[has_hole, 0]), mean(values[has_hole, 1])
         return {
-            "L1": mean(values[has_hole, 0]),
-            "PSNR": mean(values[has_hole, 1]),
+            "L1": l1,
+            "PSNR": psnr,
             "L1_whole": mean(values[:, 2]),
             "PSNR_whole": mean(values[:, 3]),
+            "L1_signed": SIGNED_SCALE * l1,
+            "PSNR_signed": psnr - 20.0 * torch.log10(torch.tensor(SIGNED_SCALE, dtype=torch.float64)),
+            "hole_area": mean(values[:, 5]),
         }
 
 

@@ -31,6 +31,7 @@ from torch import nn
 from torchvision.models import ResNet
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from carafe_exp.models.deep_stem import stem_channels
 from carafe_exp.models.lip_resnet import LIP_NAME, lip_bottleneck, uses_lip_resnet_blocks
 from carafe_exp.resample import ORIGINAL_DOWNSAMPLER, build_downsampler
 from carafe_exp.resample.registry import split_spec
@@ -110,7 +111,7 @@ def replace_backbone_downsampling(resnet: ResNet, downsampler: str | Mapping[str
     if name == ORIGINAL_DOWNSAMPLER:
         return []
     replaced = ["maxpool"]
-    resnet.maxpool = build_downsampler(downsampler, int(resnet.conv1.out_channels), 2)
+    resnet.maxpool = build_downsampler(downsampler, stem_channels(resnet), 2)
     for layer_name in DOWNSAMPLED_LAYERS:
         first = getattr(resnet, layer_name)[0]
         if name == LIP_NAME and uses_lip_resnet_blocks(first, downsampler):

@@ -1,7 +1,9 @@
 """The Global&Local completion network (Iizuka et al. 2017) with CARAFE / CARAFE++ sites, and its Partial Conv variant.
 
-Layers as the CARAFE supplementary material and mmagic's ``gl_{encoder,dilation,decoder}.py``
-give them; every layer is conv + BN + ReLU except the last, no skip connections:
+The CARAFE supplement names Global&Local without listing its layers; these are mmagic's
+``GLEncoderDecoder`` (``gl_{encoder,dilation,decoder}.py``), and an mmagic checkpoint loads into this
+module and gives mmagic's outputs (``model.weights``, tests/reference). Every layer is conv + BN +
+ReLU except the last, no skip connections:
 
     input: image with its hole filled + the hole mask (4 channels)
     conv5×5 64 → conv3×3 s2 128 → conv 128 → conv3×3 s2 256 → conv 256 → conv 256
@@ -21,7 +23,11 @@ Sites (CARAFE §4.3, CARAFE++ §4.3):
 through every resampler: nearest (×2 up, the PConv U-Net convention; (2y, 2x) down) for the
 transposed convs and non-CARAFE resamplers, and through CARAFE / CARAFE++'s own reassembly kernels
 when they are used, ``M' = Σ W·M`` (CARAFE §4.3), kept soft or made binary (``> 0``) by
-``mask_update``. The forward takes the image and the hole mask and returns the raw output in
+``mask_update``. CARAFE reassembles with zero padding, so ``Σ W·M`` of an all-valid map falls to
+about 0.36 at the corners and 0.6 along the edges, and the next partial conv would rescale the
+border 2–3× more than in the baseline; ``mask_border=normalise`` (default) divides by the kernel
+mass inside the image, ``M' = Σ W·M / Σ W·1``, so a valid region stays valid up to the border
+(the zero-padded sum stays available as ``zero_pad``; the papers do not say). The forward takes the image and the hole mask and returns the raw output in
 [-1, 1]; the task composites it with the known pixels.
 """
 
@@ -44,6 +50,10 @@ from carafe_exp.resample.registry import split_spec
 # The upsampler option that means "the network's own 4×4 stride-2 transposed convolution".
 ORIGINAL_UPSAMPLER = "deconv"
 MASK_UPDATES = ("soft", "binary")
+MASK_BORDERS = ("normalise", "zero_pad")
+# Kernels are positive (softmax) or non-negative (sigmoid): the in-image mass is > 0 except in a
+# degenerate sigmoid kernel, where the carried mask is 0 anyway.
+_KERNEL_MASS_FLOOR = 1e-12
 OUTPUT_ACTIVATIONS = ("clip", "tanh")
 SITES = ("decoder", "encoder")
 
@@ -74,11 +84,16 @@ class ConvBlock(nn.Module):
 
 
 def _carry_mask(resampler: CarafeUpsample | CarafeDownsample, kernels: torch.Tensor, mask: torch.Tensor,
-                mask_update: str) -> torch.Tensor:
+                mask_update: str, mask_border: str = "normalise") -> torch.Tensor:
     """The validity mask reassembled with the same kernels as the features (CARAFE §4.3)."""
     groups = resampler.groups
+    kernels = kernels.detach()
     # One mask per kernel group, so every group's kernels move it; the groups then agree by mean (soft) or any.
-    carried = resampler.reassemble(mask.expand(-1, groups, -1, -1).contiguous(), kernels.detach())
+    carried = resampler.reassemble(mask.expand(-1, groups, -1, -1).contiguous(), kernels)
+    if mask_border == "normalise":
+        # Σ W·M / Σ W·1: the kernel mass that falls outside the image (zero padding) is not a hole.
+        inside = resampler.reassemble(torch.ones_like(mask).expand(-1, groups, -1, -1).contiguous(), kernels)
+        carried = carried / inside.clamp_min(_KERNEL_MASS_FLOOR)
     if mask_update == "binary":
         return (carried > 0).any(dim=1, keepdim=True).to(mask.dtype)
     return carried.mean(dim=1, keepdim=True).clamp(0.0, 1.0)
@@ -88,9 +103,10 @@ class UpsampleSite(nn.Module):
     """One decoder ×2 step: the original deconv + BN + ReLU, or the chosen upsampler (channels kept)."""
 
     def __init__(self, in_channels: int, out_channels: int, upsampler: str | Mapping[str, Any] | None,
-                 mask_update: str) -> None:
+                 mask_update: str, mask_border: str = "normalise") -> None:
         super().__init__()
         self.mask_update = mask_update
+        self.mask_border = mask_border
         name = ORIGINAL_UPSAMPLER if upsampler is None else split_spec(upsampler)[0]
         self.original = name == ORIGINAL_UPSAMPLER
         if self.original:
@@ -110,7 +126,7 @@ class UpsampleSite(nn.Module):
             kernels = self.upsample.kernel_predictor(x)
             x = self.upsample.reassemble(x, kernels)
             if mask is not None:
-                return x, _carry_mask(self.upsample, kernels, mask, self.mask_update)
+                return x, _carry_mask(self.upsample, kernels, mask, self.mask_update, self.mask_border)
         else:
             x = self.upsample(x)
         if mask is not None:
@@ -122,9 +138,10 @@ class StridedSite(nn.Module):
     """One encoder ÷2 step: the original stride-2 conv block, or the chosen downsampler then that block at stride 1."""
 
     def __init__(self, in_channels: int, out_channels: int, downsampler: str | Mapping[str, Any] | None,
-                 partial: bool, mask_update: str) -> None:
+                 partial: bool, mask_update: str, mask_border: str = "normalise") -> None:
         super().__init__()
         self.mask_update = mask_update
+        self.mask_border = mask_border
         name = ORIGINAL_DOWNSAMPLER if downsampler is None else split_spec(downsampler)[0]
         self.downsample: nn.Module | None = None
         if name != ORIGINAL_DOWNSAMPLER:
@@ -137,7 +154,7 @@ class StridedSite(nn.Module):
             kernels = self.downsample.kernel_predictor(x)
             x_down = self.downsample.reassemble(x, kernels)
             if mask is not None:
-                mask = _carry_mask(self.downsample, kernels, mask, self.mask_update)
+                mask = _carry_mask(self.downsample, kernels, mask, self.mask_update, self.mask_border)
             x = x_down
         elif self.downsample is not None:
             x = self.downsample(x)
@@ -152,7 +169,7 @@ class GlobalLocalGenerator(nn.Module):
     def __init__(self, upsampler: str | Mapping[str, Any] | None = None,
                  downsampler: str | Mapping[str, Any] | None = None, sites: Mapping[str, bool] | None = None,
                  partial: bool = False, mask_update: str = "soft", hole_fill: float = 0.0,
-                 output_activation: str = "clip") -> None:
+                 output_activation: str = "clip", mask_border: str = "normalise") -> None:
         super().__init__()
         sites = dict(sites or {})
         unknown = sorted(set(sites) - set(SITES))
@@ -160,6 +177,8 @@ class GlobalLocalGenerator(nn.Module):
             raise ConfigError(f"model.sites: unknown site(s) {unknown}; the inpainting generator has {list(SITES)}")
         if mask_update not in MASK_UPDATES:
             raise ConfigError(f"model.mask_update must be one of {list(MASK_UPDATES)}, got {mask_update!r}")
+        if mask_border not in MASK_BORDERS:
+            raise ConfigError(f"model.mask_border must be one of {list(MASK_BORDERS)}, got {mask_border!r}")
         if output_activation not in OUTPUT_ACTIVATIONS:
             raise ConfigError(f"model.output_activation must be one of {list(OUTPUT_ACTIVATIONS)}, "
                               f"got {output_activation!r}")
@@ -174,15 +193,15 @@ class GlobalLocalGenerator(nn.Module):
 
         self.encoder = nn.ModuleList([
             block(4, 64, 5),
-            StridedSite(64, 128, down, self.partial, mask_update),
+            StridedSite(64, 128, down, self.partial, mask_update, mask_border),
             block(128, 128),
-            StridedSite(128, 256, down, self.partial, mask_update),
+            StridedSite(128, 256, down, self.partial, mask_update, mask_border),
             block(256, 256),
             block(256, 256),
         ])
         self.dilation = nn.ModuleList([block(256, 256, dilation=d) for d in (2, 4, 8, 16)])
-        first_up = UpsampleSite(256, 128, up, mask_update)
-        second_up = UpsampleSite(128, 64, up, mask_update)
+        first_up = UpsampleSite(256, 128, up, mask_update, mask_border)
+        second_up = UpsampleSite(128, 64, up, mask_update, mask_border)
         self.decoder = nn.ModuleList([
             block(256, 256),
             block(256, 256),
@@ -220,7 +239,7 @@ def build_global_local(upsampler: str | Mapping[str, Any] | None = None,
 def build_partial_conv(upsampler: str | Mapping[str, Any] | None = None,
                        downsampler: str | Mapping[str, Any] | None = None,
                        sites: Mapping[str, bool] | None = None, mask_update: str = "soft", hole_fill: float = 0.0,
-                       output_activation: str = "clip") -> GlobalLocalGenerator:
+                       output_activation: str = "clip", mask_border: str = "normalise") -> GlobalLocalGenerator:
     """``model=partial_conv``: the same generator with every convolution a partial convolution ([S] §1)."""
     return GlobalLocalGenerator(upsampler, downsampler, sites, partial=True, mask_update=mask_update,
-                                hole_fill=hole_fill, output_activation=output_activation)
+                                hole_fill=hole_fill, output_activation=output_activation, mask_border=mask_border)

@@ -37,7 +37,9 @@ _PREFIXES = ("module.", "model.")
 _DETECTION_TRUNK = "backbone.body."
 HEAD_PREFIX = "fc."
 # Buffers that carry no learned state; old torchvision checkpoints predate them.
-_IGNORED_SUFFIXES = ("num_batches_tracked",)
+# CSAIL's SynchronizedBatchNorm2d also saves the bookkeeping of its running average (derived from
+# the running statistics; model.bn_stats=csail restarts it from them), so its files load too.
+_IGNORED_SUFFIXES = ("num_batches_tracked", "_tmp_running_mean", "_tmp_running_var", "_running_iter")
 _LISTED = 6
 
 

@@ -19,6 +19,7 @@ from torchvision.models import ResNet
 
 from carafe_exp.errors import ConfigError
 from carafe_exp.models.backbone_sites import replace_backbone_downsampling
+from carafe_exp.models.deep_stem import STEMS, DeepStemResNet
 from carafe_exp.models.pretrained import (
     load_pretrained,
     load_state_dict_file,
@@ -34,7 +35,7 @@ RESNET_DEPTHS = (18, 34, 50, 101, 152)
 
 def build_resnet(depth: int = 50, weights: str | None = None, num_classes: int = 1000,
                  allow_download: bool = False, downsampler: str | Mapping[str, Any] | None = None,
-                 strict: bool = True, zero_init_residual: bool = False) -> ResNet:
+                 strict: bool = True, zero_init_residual: bool = False, stem: str = "torchvision") -> ResNet:
     """A torchvision ``resnet<depth>`` with ``num_classes`` outputs, ``downsampler`` at its backbone site.
 
     ``downsampler``: None or ``conv`` keeps the original network; any other downsampler (a
@@ -49,13 +50,28 @@ def build_resnet(depth: int = 50, weights: str | None = None, num_classes: int =
     Every tensor must load, except a classifier head of another size, which keeps its fresh
     initialisation; ``strict=False`` loads what fits and logs the rest.
 
+    ``stem``: ``torchvision`` (7×7 convolution) or ``deep`` (CSAIL's three 3×3 convolutions,
+    :mod:`carafe_exp.models.deep_stem`; torchvision's weight names do not fit it, CSAIL's
+    ``resnet<depth>-imagenet.pth`` does).
+
     ``zero_init_residual``: the last BatchNorm of every residual branch starts with γ = 0 (Goyal
     et al. 2017 §5.1), after the downsamplers are in, so modified blocks get it too.
     """
     if depth not in RESNET_DEPTHS:
         raise ConfigError(f"model.backbone.depth={depth} is not a ResNet depth; choose one of {RESNET_DEPTHS}")
+    if stem not in STEMS:
+        raise ConfigError(f"model.backbone.stem={stem!r} is not a ResNet stem; choose one of {list(STEMS)}")
     arch = f"resnet{depth}"
-    model: ResNet = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    if stem == "deep":
+        reference: ResNet = getattr(torchvision.models, arch)(weights=None)
+        block = type(reference.layer1[0])
+        model: ResNet = DeepStemResNet(block, [len(getattr(reference, f"layer{i}")) for i in range(1, 5)],
+                                       num_classes=num_classes)
+        if weights and not looks_like_path(str(weights)):
+            raise ConfigError(f"model.backbone.weights={weights}: torchvision's weights have a 7x7 stem and do not "
+                              f"fit model.backbone.stem=deep; give CSAIL's {arch}-imagenet.pth (or a run) instead")
+    else:
+        model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
     if downsampler is not None:
         replace_backbone_downsampling(model, downsampler)
     if zero_init_residual:

@@ -19,6 +19,11 @@ own operator; so does an on site when the upsampler is bilinear (align_corners=F
 ``bilinear_is_original`` holds, because that *is* UperNet's operator — ``upsampler=bilinear``
 with every site on is the paper's UperNet baseline.
 
+Options following CSAIL's code rather than torchvision's: ``backbone.stem=deep`` (CSAIL's ResNet,
+:mod:`carafe_exp.models.deep_stem`), ``bn_stats=csail`` (its SyncBN statistics,
+:mod:`carafe_exp.models.csail_batchnorm`), ``resampler_init=csail`` (its decoder initialisation
+applied to the resamplers too).
+
 The model returns class logits at 1/4 of the input resolution (``"out"``) and, when built with
 ``aux_head`` and in training mode, mmsegmentation's auxiliary FCN logits on C4 (``"aux"``).
 """
@@ -35,6 +40,7 @@ from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
 
 from carafe_exp.errors import ConfigError
+from carafe_exp.models.csail_batchnorm import BN_STATS, use_bn_stats
 from carafe_exp.models.feature_fusion import FeatureFusion
 from carafe_exp.models.pyramid_pooling import PAPER_POOL_SCALES, PyramidPooling
 from carafe_exp.models.resnet import build_resnet
@@ -46,6 +52,8 @@ log = logging.getLogger(__name__)
 
 UPERNET_SITES = ("ppm", "fpn", "fuse", "backbone")
 UPSAMPLING_SITES = ("ppm", "fpn", "fuse")
+# How the resamplers at the decoder's sites are initialised (the papers do not say).
+RESAMPLER_INITS = ("own", "csail")
 # CSAIL's `upernet` decoder width (`upernet_lite` is the 256 version).
 PAPER_CHANNELS = 512
 # The input is padded to a multiple of this so that every ×2 step of the decoder is exact.
@@ -59,7 +67,7 @@ class UperNetHead(nn.Module):
                  pool_scales: Sequence[int] = PAPER_POOL_SCALES, ppm_conv_first: bool = False,
                  ppm_upsampler: str | Mapping[str, Any] | None = None,
                  fpn_upsampler: str | Mapping[str, Any] | None = None,
-                 fuse_upsampler: str | Mapping[str, Any] | None = None) -> None:
+                 fuse_upsampler: str | Mapping[str, Any] | None = None, resampler_init: str = "own") -> None:
         super().__init__()
         in_channels = [int(c) for c in in_channels]
         self.ppm = PyramidPooling(in_channels[-1], channels, pool_scales, upsampler=ppm_upsampler,
@@ -73,7 +81,10 @@ class UperNetHead(nn.Module):
         self.fuse = FeatureFusion(channels, len(in_channels), upsampler=fuse_upsampler)
         self.conv_last = nn.Sequential(ConvBNReLU(len(in_channels) * channels, channels, 3),
                                        nn.Conv2d(channels, num_classes, 1))
-        csail_init(self, skip=self.resamplers())
+        if resampler_init not in RESAMPLER_INITS:
+            raise ConfigError(f"model.resampler_init must be one of {list(RESAMPLER_INITS)}, got {resampler_init!r}")
+        # own: the resamplers keep their own initialisation; csail: CSAIL's build_decoder covers them too.
+        csail_init(self, skip=self.resamplers() if resampler_init == "own" else ())
 
     def resamplers(self) -> list[nn.Module]:
         """Every upsampler module at the decoder's sites."""
@@ -155,10 +166,10 @@ def _site_upsampler(spec: str | Mapping[str, Any], enabled: bool,
 
 
 def _resnet_features(depth: int, weights: str | None, allow_download: bool, strict: bool,
-                     downsampler: str | Mapping[str, Any] | None) -> tuple[nn.Module, list[int]]:
+                     downsampler: str | Mapping[str, Any] | None, stem: str = "torchvision") -> tuple[nn.Module, list[int]]:
     # Built with its downsamplers, then loaded: a backbone pretrained with them keeps every tensor.
     resnet = build_resnet(depth=depth, weights=weights, allow_download=allow_download, downsampler=downsampler,
-                          strict=strict)
+                          strict=strict, stem=stem)
     # The classifier head is not part of a segmentation network.
     return_layers = OrderedDict((f"layer{i}", f"c{i + 1}") for i in range(1, 5))
     body = IntermediateLayerGetter(resnet, return_layers=return_layers)
@@ -175,13 +186,22 @@ def build_upernet(num_classes: int, upsampler: str | Mapping[str, Any] = "biline
                   sites: Mapping[str, bool] | None = None, backbone: Mapping[str, Any] | None = None,
                   channels: int = PAPER_CHANNELS, pool_scales: Sequence[int] = PAPER_POOL_SCALES,
                   ppm_conv_first: bool = False, bilinear_is_original: bool = True,
-                  aux_head: bool = False, aux_channels: int = 256, aux_dropout: float = 0.1) -> UperNet:
+                  aux_head: bool = False, aux_channels: int = 256, aux_dropout: float = 0.1,
+                  bn_stats: str = "torch", resampler_init: str = "own") -> UperNet:
     """UperNet R-``backbone.depth`` for ``num_classes`` with the resamplers at the enabled ``sites``.
 
     ``sites``: ``ppm``, ``fpn``, ``fuse`` (the upsampler), ``backbone`` (the downsampler; ``conv``
     keeps ResNet's strided convolutions). ``backbone``: ``depth`` (18–152), ``weights`` (as
-    :func:`~carafe_exp.models.resnet.build_resnet`), ``allow_download``, ``strict``.
+    :func:`~carafe_exp.models.resnet.build_resnet`), ``allow_download``, ``strict``, ``stem``
+    (``torchvision`` or CSAIL's ``deep`` stem, :mod:`carafe_exp.models.deep_stem`).
+
+    ``bn_stats``: ``torch`` (PyTorch's BatchNorm statistics) or ``csail`` (CSAIL's SyncBN running
+    average, :mod:`carafe_exp.models.csail_batchnorm`), for every BatchNorm of the network.
+    ``resampler_init``: ``own`` (the resamplers keep their initialisation) or ``csail`` (CSAIL's
+    decoder initialisation covers them too).
     """
+    if bn_stats not in BN_STATS:
+        raise ConfigError(f"model.bn_stats must be one of {list(BN_STATS)}, got {bn_stats!r}")
     if int(num_classes) < 1:
         raise ConfigError(f"UperNet needs num_classes >= 1, got {num_classes}")
     sites = {name: bool(value) for name, value in dict(sites or {}).items()}
@@ -201,13 +221,14 @@ def build_upernet(num_classes: int, upsampler: str | Mapping[str, Any] = "biline
     if down_name != ORIGINAL_DOWNSAMPLER and not sites.get("backbone", False):
         log.warning("downsampler=%s is not used: model.sites.backbone is false", down_name)
     body, widths = _resnet_features(depth, backbone.get("weights"), bool(backbone.get("allow_download", False)),
-                                    bool(backbone.get("strict", True)), downsampler if use_downsampler else None)
+                                    bool(backbone.get("strict", True)), downsampler if use_downsampler else None,
+                                    stem=str(backbone.get("stem", "torchvision")))
 
     up = {site: _site_upsampler(upsampler, sites.get(site, False), bilinear_is_original)
           for site in UPSAMPLING_SITES}
     head = UperNetHead(widths, int(num_classes), channels=int(channels), pool_scales=pool_scales,
                        ppm_conv_first=ppm_conv_first, ppm_upsampler=up["ppm"], fpn_upsampler=up["fpn"],
-                       fuse_upsampler=up["fuse"])
+                       fuse_upsampler=up["fuse"], resampler_init=resampler_init)
     aux = None
     if aux_head:
         aux = FCNAuxHead(widths[-2], int(num_classes), channels=int(aux_channels), dropout=float(aux_dropout))
@@ -223,8 +244,11 @@ def build_upernet(num_classes: int, upsampler: str | Mapping[str, Any] = "biline
     in_use = {site: names for site, names in site_modules.items() if names}
     log.info("UperNet R-%d: resampling sites in use: %s", depth,
              ", ".join(f"{site} ({len(names)})" for site, names in in_use.items()) or "none (the original UperNet)")
-    return UperNet(body, head, aux, sites=site_modules)
+    model = UperNet(body, head, aux, sites=site_modules)
+    # After the backbone weights loaded: the average starts from the pretrained statistics.
+    use_bn_stats(model, bn_stats)
+    return model
 
 
-__all__ = ["FCNAuxHead", "PAPER_CHANNELS", "SIZE_DIVISOR", "UPERNET_SITES", "UperNet", "UperNetHead",
+__all__ = ["FCNAuxHead", "PAPER_CHANNELS", "RESAMPLER_INITS", "SIZE_DIVISOR", "UPERNET_SITES", "UperNet", "UperNetHead",
            "build_upernet"]

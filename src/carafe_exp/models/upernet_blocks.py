@@ -2,8 +2,10 @@
 
 CSAIL's ``ModelBuilder.weights_init`` (semantic-segmentation-pytorch, models/models.py) gives
 every decoder convolution a Kaiming-normal weight (fan-in, ReLU gain) and every BatchNorm
-γ = 1, β = 1e-4; convolution biases keep PyTorch's default. The resamplers placed at UperNet's
-sites keep their own initialisation (mmcv's, for CARAFE): they are not UperNet layers.
+γ = 1, β = 1e-4; convolution biases keep PyTorch's default. By default the resamplers placed at
+UperNet's sites keep their own initialisation (mmcv's, for CARAFE): the papers do not say, and they
+are not UperNet layers. ``model.resampler_init=csail`` re-initialises them too, as CSAIL's
+``build_decoder`` would (it applies ``weights_init`` to every module of the decoder it builds).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def csail_init(module: nn.Module, skip: Iterable[nn.Module] = ()) -> None:
     for child in module.modules():
         if id(child) in skipped:
             continue
-        if isinstance(child, nn.Conv2d):
+        # CSAIL matches class names containing "Conv": every convolution, transposed ones included.
+        if isinstance(child, nn.modules.conv._ConvNd):
             nn.init.kaiming_normal_(child.weight, nonlinearity="relu")
         elif isinstance(child, nn.modules.batchnorm._BatchNorm) and child.affine:
             nn.init.ones_(child.weight)

@@ -35,6 +35,7 @@ from carafe_exp.runs.checkpoint_inspection import CheckpointFile, resolve_ckpt_p
 from carafe_exp.errors import ConfigError
 from carafe_exp.models.build import build_model
 from carafe_exp.runs.name import model_description, run_name
+from carafe_exp.runs.setting_differences import apply_paper_setting, confirm_world_size
 from carafe_exp.runs.record import (METRICS_FILE, STATUS_COMPLETED, build_record, device_description, read_record,
                                    write_record)
 from carafe_exp.sweeps.dirname import current_swept_overrides
@@ -157,6 +158,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     route_lightning_logs()
     output_dir = output_dir_of_job()
     _adapt_trainer(cfg)
+    # The paper's images under an iteration-counted schedule; every other difference from the
+    # paper's machine is a warning now and a list in metrics.json.
+    differences = apply_paper_setting(cfg)
     choices = hydra_choices()
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)
@@ -197,6 +201,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         enable_checkpointing=any(isinstance(cb, ModelCheckpoint) for cb in callbacks),
         enable_progress_bar=any(isinstance(cb, ProgressBar) for cb in callbacks),
         enable_model_summary=any(isinstance(cb, ModelSummary) for cb in callbacks))
+    confirm_world_size(cfg, trainer.world_size)
 
     results: list[dict[str, float]] = []
     try:
@@ -218,7 +223,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                           device=device_description(trainer.accelerator.__class__.__name__.removesuffix(
                               "Accelerator").lower(), trainer.num_devices * trainer.num_nodes),
                           name=name, resumed_from=checkpoint.summary() if checkpoint is not None and train else None,
-                          evaluated_checkpoint=weights, wandb=run_loggers.wandb_summary(loggers))
+                          evaluated_checkpoint=weights, wandb=run_loggers.wandb_summary(loggers),
+                          setting_differences=differences)
     if trainer.is_global_zero:
         path = write_record(output_dir, record)
         log.info("metrics written to %s", path)

@@ -81,6 +81,11 @@ def _visible_devices(accelerator: str) -> int:
     return 1  # Lightning's "auto" on CPU is one process
 
 
+# Public names for the run's setting check (carafe_exp.runs.setting_differences).
+device_count = _device_count
+visible_devices = _visible_devices
+
+
 def check_launch(cfg: DictConfig, multirun: bool, launcher: str) -> None:
     """A local sweep runs each job in this process, which cannot start DDP worker processes."""
     strategy = str(cfg.trainer.get("strategy", "auto"))
@@ -151,8 +156,19 @@ def check_whole_numbers(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value}: expected a whole number >= {minimum}")
 
 
+def check_pretrained_weights(cfg: DictConfig) -> None:
+    """A table that starts from a pretraining run's weights has them on the command line (runs.pretrained_chain)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from carafe_exp.runs.pretrained_chain import check_pretrained_chain
+
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    check_pretrained_chain(cfg, overrides, _choice("experiment"))
+
+
 def check_composition(cfg: DictConfig, multirun: bool = False, launcher: str = "basic") -> None:
     """Everything that can be checked from the config alone."""
+    check_pretrained_weights(cfg)
     check_missing_values(cfg)
     check_whole_numbers(cfg)
     check_data_kind(cfg)

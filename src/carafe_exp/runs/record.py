@@ -3,7 +3,8 @@
 Shape (DESIGN.md): ``{"task", "overrides", "metrics", "config", "versions", "wall_time_s",
 "throughput", "status", "device", ...}``. ``status`` is ``"completed"`` or ``"failed"``; a failed
 run also carries ``"error"``, its one-line reason, so a sweep's failed jobs leave a record that
-``carafe-tables`` shows as a hole.
+``carafe-tables`` shows as a hole. A paper table's run also carries ``"setting_differences"``, how
+its machine differs from the paper's (``carafe_exp.runs.setting_differences``).
 
 Written atomically (a temporary file in the same directory, then ``os.replace``) so a reader
 never sees half a file, even if the run is killed while writing, and with the mode of the

@@ -10,16 +10,19 @@ Each training step, with Lightning's manual optimisation, updates the discrimina
 
 Both use Adam (the papers: lr 1e-4, betas (0.5, 0.9) at batch 32), the lr scaled linearly to the
 real batch, each with the schedule's lr policy stepped once per iteration. The papers give
-neither losses nor weights; these defaults are mmagic's DeepFill v2 / GL recipes (hinge loss at
-weight 0.1, or vanilla at 0.001; L1 on hole and valid pixels at weight 1). Patch scores enter the
-adversarial losses weighted by the share of hole pixels under each patch (``adversarial_region:
-hole``), so the discriminator judges the inpainted region, or uniformly (``all``).
+neither losses nor weights: ``recipe`` takes them, with the discriminator, from one source
+(:mod:`carafe_exp.tasks.inpainting_recipes`): ``global_local`` (default) is mmagic's GL losses
+(vanilla GAN at 0.001, L1 on the hole only) with the papers' one PatchGAN on the inpainted region;
+``deepfill_v2`` is mmagic's DeepFill v2 (hinge at 0.1, L1 on hole and valid pixels, SN-PatchGAN).
+Patch scores enter the adversarial losses weighted by the share of hole pixels under each patch
+(``adversarial_region: hole``), so the discriminator judges the inpainted region, or uniformly (``all``).
 
 Lightning counts every optimiser step in ``trainer.global_step``: one iteration is two steps, so a
 schedule's ``max_steps`` is twice its iterations.
 
-Metrics (:mod:`carafe_exp.metrics.inpainting`): ``L1`` (%), ``PSNR`` (dB) over the hole and
-``L1_whole``, ``PSNR_whole``, logged as ``val/*`` and ``test/*``. Every validation epoch writes a
+Metrics (:mod:`carafe_exp.metrics.inpainting`): ``L1`` (%), ``PSNR`` (dB) over the hole, the same
+hole in [−1, 1] (``L1_signed``, ``PSNR_signed``), ``L1_whole``, ``PSNR_whole`` and the mean
+``hole_area`` (%), logged as ``val/*`` and ``test/*``. Every validation epoch writes a
 picture grid (rows: masked input with the hole in white | completion | ground truth) of the first
 ``num_pictures`` validation images to ``<run dir>/pictures/`` and to TensorBoard / W&B.
 """
@@ -42,13 +45,12 @@ from carafe_exp.runs.image_logging import log_image, write_png
 from carafe_exp.metrics.inpainting import METRIC_NAMES, InpaintingMetrics
 from carafe_exp.models.patch_discriminator import build_patch_discriminator
 from carafe_exp.tasks.base import ResamplingTask
+from carafe_exp.tasks.inpainting_recipes import DEFAULT_RECIPE, resolve_recipe
 from carafe_exp.tasks.optim import build_lr_scheduler, build_optimizer
 
 log = logging.getLogger(__name__)
 
 ADVERSARIAL_LOSSES = ("hinge", "vanilla")
-# mmagic: DeepFill v2 (hinge) uses 0.1, Global&Local (vanilla GAN) 0.001.
-DEFAULT_ADVERSARIAL_WEIGHT = {"hinge": 0.1, "vanilla": 0.001}
 ADVERSARIAL_REGIONS = ("hole", "all")
 OPTIMIZER_STEPS_PER_ITERATION = 2
 Batch = Mapping[str, torch.Tensor]
@@ -68,12 +70,20 @@ class InpaintingTask(ResamplingTask):
     """Trains the completion ``model`` against a PatchGAN and reports L1 / PSNR (see the module docstring)."""
 
     def __init__(self, model: nn.Module, optimizer: Mapping[str, Any], schedule: Mapping[str, Any],
-                 discriminator: Mapping[str, Any] | None = None, adversarial_loss: str = "hinge",
-                 adversarial_weight: float | None = None, adversarial_region: str = "hole",
-                 l1_hole_weight: float = 1.0, l1_valid_weight: float = 1.0,
+                 discriminator: Mapping[str, Any] | None = None, recipe: str = DEFAULT_RECIPE,
+                 adversarial_loss: str | None = None, adversarial_weight: float | None = None,
+                 adversarial_region: str | None = None, l1_hole_weight: float | None = None,
+                 l1_valid_weight: float | None = None,
                  discriminator_optimizer: Mapping[str, Any] | None = None, num_pictures: int = 4,
                  fps: Mapping[str, Any] | None = None) -> None:
         super().__init__(model, optimizer, schedule, fps=fps)
+        # None: the recipe's value (see carafe_exp.tasks.inpainting_recipes).
+        losses, discriminator = resolve_recipe(recipe, {
+            "adversarial_loss": adversarial_loss, "adversarial_weight": adversarial_weight,
+            "adversarial_region": adversarial_region, "l1_hole_weight": l1_hole_weight,
+            "l1_valid_weight": l1_valid_weight}, discriminator)
+        self.recipe = recipe
+        adversarial_loss, adversarial_region = losses["adversarial_loss"], losses["adversarial_region"]
         if adversarial_loss not in ADVERSARIAL_LOSSES:
             raise ConfigError(f"task.module.adversarial_loss must be one of {list(ADVERSARIAL_LOSSES)}, "
                               f"got {adversarial_loss!r}")
@@ -81,13 +91,12 @@ class InpaintingTask(ResamplingTask):
             raise ConfigError(f"task.module.adversarial_region must be one of {list(ADVERSARIAL_REGIONS)}, "
                               f"got {adversarial_region!r}")
         self.automatic_optimization = False
-        self.discriminator = build_patch_discriminator(**dict(discriminator or {}))
+        self.discriminator = build_patch_discriminator(**discriminator)
         self.adversarial_loss = adversarial_loss
-        self.adversarial_weight = float(DEFAULT_ADVERSARIAL_WEIGHT[adversarial_loss] if adversarial_weight is None
-                                        else adversarial_weight)
+        self.adversarial_weight = float(losses["adversarial_weight"])
         self.adversarial_region = adversarial_region
-        self.l1_hole_weight = float(l1_hole_weight)
-        self.l1_valid_weight = float(l1_valid_weight)
+        self.l1_hole_weight = float(losses["l1_hole_weight"])
+        self.l1_valid_weight = float(losses["l1_valid_weight"])
         self.discriminator_optimizer_cfg = dict(discriminator_optimizer or optimizer)
         self.num_pictures = int(num_pictures)
         self.metrics = nn.ModuleDict({"val": InpaintingMetrics(), "test": InpaintingMetrics()})
@@ -159,6 +168,15 @@ class InpaintingTask(ResamplingTask):
         return self._weighted_mean(F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake), reduction="none"),
                                    weight)
 
+    def generator_losses(self, raw: torch.Tensor, image: torch.Tensor, hole: torch.Tensor,
+                         fake_scores: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The generator's loss terms on its raw output (as mmagic's inpaintors) and their weighted ``total``."""
+        l1_hole = masked_l1(raw, image, hole)
+        l1_valid = masked_l1(raw, image, 1.0 - hole)
+        adversarial = self.generator_adversarial_loss(fake_scores, hole)
+        total = self.l1_hole_weight * l1_hole + self.l1_valid_weight * l1_valid + self.adversarial_weight * adversarial
+        return {"total": total, "l1_hole": l1_hole, "l1_valid": l1_valid, "adversarial": adversarial}
+
     # ----------------------------------------------------------------------------------- steps
     def forward(self, image: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
         """The completed image y = (1 − M)·x + M·ŷ in [-1, 1]."""
@@ -183,10 +201,8 @@ class InpaintingTask(ResamplingTask):
         self.untoggle_optimizer(discriminator_opt)
 
         self.toggle_optimizer(generator_opt)
-        l1_hole = masked_l1(raw, image, hole)
-        l1_valid = masked_l1(raw, image, 1.0 - hole)
-        adversarial = self.generator_adversarial_loss(self.discriminator(completed, hole), hole)
-        loss_g = self.l1_hole_weight * l1_hole + self.l1_valid_weight * l1_valid + self.adversarial_weight * adversarial
+        losses = self.generator_losses(raw, image, hole, self.discriminator(completed, hole))
+        loss_g, l1_hole, l1_valid, adversarial = (losses[k] for k in ("total", "l1_hole", "l1_valid", "adversarial"))
         generator_opt.zero_grad()
         self.manual_backward(loss_g)
         generator_opt.step()

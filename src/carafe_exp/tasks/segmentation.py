@@ -2,16 +2,22 @@
 
 Training follows CSAIL's UperNet (``train.py``; CARAFE supplement §1): the per-pixel NLL of the
 log-softmax is taken at the network's output resolution, 1/4 of the padded input, against
-labels downsampled ×4 by nearest neighbour (the top-left pixel of each 4×4 cell; CSAIL's
-``segm_downsampling_rate=4``), ignoring unlabelled and padded pixels
+labels downsampled ×4 by nearest neighbour (CSAIL's ``segm_downsampling_rate=4``), ignoring
+unlabelled and padded pixels
 (``loss_resolution=quarter``). ``loss_resolution=full`` instead upsamples the logits bilinearly
 to the input and uses every label pixel (mmsegmentation's way). An auxiliary FCN head, when the
 model has one, adds ``aux_weight`` × its loss (mmsegmentation: 0.4). SGD without weight decay
 on normalisation and bias parameters (CSAIL's ``group_weight``); lr and schedule come from
 :class:`~carafe_exp.tasks.base.ResamplingTask`.
 
-Evaluation (CSAIL's ``eval.py``): one image at a time at the test scale; the softmax is resized
-bilinearly to the original label size before the argmax; areas are summed over the whole
+The pinned reference for resizing and label subsampling is CSAIL's PIL-based code, as released in
+``mit-semseg==1.0.0`` (the package the equivalence tests import; ``dataset.py`` ``TrainDataset``):
+PIL's nearest neighbour samples the *centre* pixel of each 4×4 cell (row 4i + 2), as it does for
+the label resize. (The earlier cv2 code took the top-left pixel.)
+
+Evaluation (CSAIL's ``eval.py`` and ``UPerNet.forward`` with ``use_softmax``): one image at a time
+at the test scale; the *logits* are resized bilinearly to the original label size, then the
+softmax, then the argmax; areas are summed over the whole
 split and across DDP processes (:class:`~carafe_exp.metrics.segmentation.SegmentationMetric`).
 Logged: ``mIoU``, ``pixel_acc``, ``mAcc`` and ``IoU/<class>`` in percent, and ``fps``.
 """
@@ -41,8 +47,13 @@ EvalBatch = tuple[Sequence[torch.Tensor], Sequence[torch.Tensor], Sequence[int]]
 
 
 def downsample_labels(labels: torch.Tensor, size: Sequence[int], stride: int = OUTPUT_STRIDE) -> torch.Tensor:
-    """Labels at the output grid: the top-left pixel of each ``stride``×``stride`` cell (nearest)."""
-    down = labels[..., ::stride, ::stride]
+    """Labels at the output grid: PIL's nearest neighbour, the centre pixel (``stride`` // 2) of each cell.
+
+    PIL samples source pixel ⌊(i + ½)·stride⌋ for output pixel i (mit-semseg 1.0.0 ``dataset.py``:
+    ``imresize(segm_rounded, (w // 4, h // 4), interp='nearest')``).
+    """
+    offset = stride // 2
+    down = labels[..., offset::stride, offset::stride]
     return down[..., :int(size[0]), :int(size[1])]
 
 
@@ -146,13 +157,20 @@ class SegmentationTask(ResamplingTask):
         return loss
 
     # -- evaluation ------------------------------------------------------------------------------
-    def predict_labels(self, image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        """Class map (H, W) at ``size`` for one normalised image (3, h, w)."""
+    def predict_probabilities(self, image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """Class probabilities (1, K, H, W) at ``size`` for one normalised image (3, h, w).
+
+        CSAIL's order (``UPerNet.forward`` with ``use_softmax``): logits resized bilinearly
+        (align_corners=False) to the label size, then the softmax. Resizing the softmax instead
+        changes the argmax on boundary pixels.
+        """
         logits = self(image[None])["out"]
-        probabilities = F.softmax(logits, dim=1)
-        probabilities = F.interpolate(probabilities, size=(int(size[0]), int(size[1])), mode="bilinear",
-                                      align_corners=False)
-        return probabilities.argmax(dim=1)[0]
+        logits = F.interpolate(logits, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)
+        return F.softmax(logits, dim=1)
+
+    def predict_labels(self, image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """Class map (H, W) at ``size`` for one normalised image (3, h, w): the argmax of the probabilities."""
+        return self.predict_probabilities(image, size).argmax(dim=1)[0]
 
     def _evaluate(self, stage: str, batch: EvalBatch, timed: bool) -> None:
         images, labels, _ = batch

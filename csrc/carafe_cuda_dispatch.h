@@ -54,7 +54,7 @@ void launch_forward(Launch& launch, const at::Tensor& features, const at::Tensor
     const PassChoice pass = choose_kernels(g, Pass::forward, sizeof(acc_t), choice, multiprocessors);
     if (pass.tiled) {
       const LaunchConfig config{pass.plan.cell == 1 ? "forward_tiled" : "forward_tiled_cells",
-                                std::min(pass.plan.blocks, max_blocks), kTiledThreads,
+                                std::min(pass.plan.blocks, max_blocks), pass.plan.threads,
                                 pass.plan.shared_bytes};
       const Strides4 xs = strides_of(features), ks = strides_of(kernels), os = strides_of(output);
       switch (pass.plan.cell) {
@@ -97,7 +97,7 @@ void launch_backward(Launch& launch, const at::Tensor& grad_output, const at::Te
       if (pass.tiled) {
         launch(grad_kernels_tiled_kernel<scalar_t>,
                LaunchConfig{"grad_kernels_tiled", std::min(pass.plan.blocks, max_blocks),
-                            kTiledThreads, pass.plan.shared_bytes},
+                            pass.plan.threads, pass.plan.shared_bytes},
                go, x, gk, g, pass.plan, gos, xs, gks);
       } else {
         launch(grad_kernels_kernel<scalar_t>,
@@ -114,7 +114,7 @@ void launch_backward(Launch& launch, const at::Tensor& grad_output, const at::Te
       if (pass.tiled) {
         launch(grad_features_tiled_kernel<scalar_t>,
                LaunchConfig{"grad_features_tiled", std::min(pass.plan.blocks, max_blocks),
-                            kTiledThreads, pass.plan.shared_bytes},
+                            pass.plan.threads, pass.plan.shared_bytes},
                go, w, gx, g, pass.plan, gos, ks, gxs);
       } else {
         launch(grad_features_kernel<scalar_t>,

@@ -20,7 +20,10 @@
 namespace carafe_exp {
 namespace cuda {
 
+// Most threads of a tiled block; a plan launches fewer (a multiple of a warp) when its tile has
+// less work per round of channels, so that no thread idles through the arithmetic.
 constexpr int kTiledThreads = 256;
+constexpr int kWarp = 32;
 
 // Channels a thread accumulates at once: every weight read from shared memory feeds V FMAs.
 constexpr int kChannelsPerThread = 4;
@@ -61,6 +64,7 @@ struct TilePlan {
   int64_t slice = 0;                   // channels per slice (a multiple of kChannelsPerThread)
   int64_t cell = 1;                    // forward: outputs per thread and axis (s when upsampling by 2 or 4)
   int64_t blocks = 0;                  // batch * groups * tiles * splits
+  int threads = kTiledThreads;         // per block: the round's work items, in whole warps
   int64_t shared_bytes = 0;            // 0: no tile fits; the simple kernels take the call
 
   CARAFE_HOST_DEVICE bool fits() const { return shared_bytes > 0; }
@@ -181,6 +185,14 @@ inline TilePlan plan_tiles(const Geometry& g, Pass pass, int64_t element_bytes,
       plan.tile_h % g.scale == 0 && plan.tile_w % g.scale == 0) {
     plan.cell = g.scale;
   }
+  // Work items of one round of channels: (cell, channel vector) forward, (pixel, channel vector)
+  // feature gradient, (tap, pixel) kernel gradient. A small tile with few channels per round (the
+  // upsampling feature gradient stages k*k*s*s weights per pixel, leaving room for 8 channels of
+  // an 8x8 tile: 128 items) gets fewer threads instead of leaving the rest idle.
+  const int64_t items = pass == Pass::grad_kernels
+                            ? g.taps() * plan.pixels()
+                            : plan.pixels() / (plan.cell * plan.cell) * ceil_div(plan.chunk, v);
+  plan.threads = static_cast<int>(std::min<int64_t>(kTiledThreads, ceil_div(items, kWarp) * kWarp));
   return plan;
 }
 

@@ -1,5 +1,6 @@
 // The tiled CUDA kernels of CARAFE (upsampling) and CARAFE++ (downsampling), laid out the way a
-// GPU wants them: one block of kTiledThreads threads per (image, group, tile) (carafe_cuda_plan.h).
+// GPU wants them: one block of up to kTiledThreads threads per (image, group, tile), its shape
+// and thread count given by the plan (carafe_cuda_plan.h).
 //
 // - Forward: the tile's kernel weights (k*k per output pixel) are staged in shared memory once
 //   and reused for every channel of the group; the input window the tile reads is staged a chunk

@@ -41,6 +41,7 @@ inline py::dict plan_query(const std::vector<int64_t>& features_shape, int64_t k
     entry["kernels"] = picked.tiled ? "tiled" : "simple";
     entry["tile"] = py::make_tuple(picked.plan.tile_h, picked.plan.tile_w);
     entry["blocks"] = picked.tiled ? picked.plan.blocks : int64_t(0);
+    entry["threads"] = picked.tiled ? picked.plan.threads : 0;
     entry["splits"] = picked.plan.splits;
     entry["slice"] = picked.plan.slice;
     entry["cell"] = picked.plan.cell;

@@ -1,0 +1,50 @@
+"""Runs the CUDA kernels under the AddressSanitizer build of the emulation (test_op_cuda_faults.py).
+
+A separate process, because the sanitizer build imports only where libasan is preloaded:
+
+    LD_PRELOAD="<libasan.so> <libstdc++.so>" python -m asan_emulation_case <fault>
+
+Switches on the deliberate bug ``fault`` (``none`` for none), runs both kernel sets forward and
+backward in float32 on cases that take every tiled variant (cells, a split of the channels, the
+downsampling kernels), and prints the largest difference from the reference. AddressSanitizer
+aborts the process at the first out-of-bounds read, naming the kernel.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from carafe_exp.ops import extension, reassemble_reference
+from ops.op_cases import random_case
+
+# (batch, channels, height, width, k, s, groups, down): cells (up by 2), a split of 40 channels
+# into two slices, and downsampling.
+CASES = [(1, 8, 6, 5, 5, 2, 1, False), (1, 40, 5, 7, 3, 2, 1, False), (2, 8, 9, 7, 5, 2, 2, True)]
+
+
+def main(fault: str) -> int:
+    emulation = extension.build_emulation(sanitize=True)
+    emulation.set_fault(fault)
+    worst = 0.0
+    for batch, channels, height, width, k, s, groups, down in CASES:
+        features, kernels = random_case(batch, channels, height, width, k, s, groups, down, dtype=torch.float32)
+        reference_features = features.double().requires_grad_()
+        reference_kernels = kernels.double().requires_grad_()
+        expected = reassemble_reference(reference_features, reference_kernels, k, s, groups, down)
+        grad_output = torch.randn(expected.shape)
+        expected.backward(grad_output.double())
+        for cuda_kernels in ("simple", "tiled"):
+            out = emulation.forward(features, kernels, k, s, groups, down, False, cuda_kernels, emulation.max_blocks, "ascending")
+            grads = emulation.backward(
+                grad_output, features, kernels, k, s, groups, down, False, False, cuda_kernels, emulation.max_blocks, "ascending"
+            )
+            for got, want in zip((out, *grads), (expected, reference_features.grad, reference_kernels.grad)):
+                worst = max(worst, (got.double() - want.detach()).abs().max().item())
+    print(f"largest difference from the reference: {worst:.3g}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -64,8 +64,15 @@ CUDA_FLAGS = ["-O3", "--expt-relaxed-constexpr"]
 EMULATION_FLAGS = ["-O2", "-DCARAFE_CUDA_EMULATION", "-fno-strict-aliasing"]
 # The AddressSanitizer build of the emulation: out-of-bounds reads of shared memory (its poisoned
 # canaries) and of tensors (libasan's red zones around torch's allocations) are reported. -O1
-# keeps it quick to build and run; float alone is enough for the test that uses it.
-SANITIZER_FLAGS = ["-O1", "-fsanitize=address", "-fno-omit-frame-pointer", "-DCARAFE_EMULATION_FLOAT_ONLY"]
+# keeps it quick to build and run; float alone is enough for the test that uses it. Recoverable
+# (with ASAN_OPTIONS=halt_on_error=0) so that one process can show several bugs in turn.
+SANITIZER_FLAGS = [
+    "-O1",
+    "-fsanitize=address",
+    "-fsanitize-recover=address",
+    "-fno-omit-frame-pointer",
+    "-DCARAFE_EMULATION_FLOAT_ONLY",
+]
 # Compiled when no GPU is visible to pick the architecture from (a compile-only check, or a
 # build node without GPUs); sm_80 plus PTX runs on every GPU CUDA 13 supports from Ampere on.
 FALLBACK_CUDA_ARCH = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_80,code=compute_80"]

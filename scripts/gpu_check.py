@@ -11,8 +11,8 @@ Steps, each timed and recorded; a failed step does not stop the later ones:
    pure-PyTorch reference and the memory floor (scripts/bench_op.py's ``run_case``).
 5. ``index64``: an output above 2**31 elements (bfloat16), forward and backward with each kernel
    choice, sampled at its first, middle and last elements against explicit float64 sums.
-6. ``sanitizers``: compute-sanitizer memcheck, racecheck and synccheck on a small case, every
-   kernel choice, up and down, forward and backward.
+6. ``sanitizers``: compute-sanitizer memcheck, racecheck and synccheck (three processes at once)
+   on a small case, every kernel choice, up and down, forward and backward.
 
 Writes ``benchmarks/results/op_<gpu>_<date>.json`` (the machine described) and exits 1 when a
 step failed. The default kernel set is not changed here: the JSON's ``fastest_kernel_set`` is the
@@ -263,16 +263,24 @@ def sanitizers(device: torch.device, dry_run: bool, timeout_s: float) -> dict:
         }
     if tool_path is None:
         return {"status": "failed", "error": "compute-sanitizer not found in the CUDA toolkit or on PATH"}
-    tools, failed = {}, []
+    # The three tools at once, each in its own process: one GPU has room for all, and the 8-minute
+    # budget has not for three CUDA start-ups under a sanitizer in turn.
+    running = {}
     for tool in SANITIZER_TOOLS:
         command = [str(tool_path), "--tool", tool, "--error-exitcode", "99", "--print-limit", "20"]
         command += [sys.executable, "-c", SANITIZER_CASE, "cuda"]
+        running[tool] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + timeout_s
+    tools, failed = {}, []
+    for tool, process in running.items():
         try:
-            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout_s)
-            summary = next((line for line in reversed(done.stdout.splitlines()) if "ERROR SUMMARY" in line), "")
-            ok = done.returncode == 0 and "sanitizer case done" in done.stdout
-            tools[tool] = {"passed": ok, "summary": summary, **({} if ok else {"output": (done.stdout + done.stderr)[-3000:]})}
+            output, _ = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            summary = next((line for line in reversed(output.splitlines()) if "ERROR SUMMARY" in line), "")
+            ok = process.returncode == 0 and "sanitizer case done" in output
+            tools[tool] = {"passed": ok, "summary": summary, **({} if ok else {"output": output[-3000:]})}
         except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
             ok = False
             tools[tool] = {"passed": False, "summary": f"timed out after {timeout_s} s"}
         if not ok:
@@ -312,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     _step("plan", lambda: plans(cases, device), steps)
     _step("timing", lambda: timing(cases, dtypes, device, args.repeats, budget_s=1.0 if args.dry_run else 2.0), steps)
     _step("index64", lambda: index64(device, args.dry_run), steps)
-    _step("sanitizers", lambda: sanitizers(device, args.dry_run, timeout_s=150), steps)
+    _step("sanitizers", lambda: sanitizers(device, args.dry_run, timeout_s=180), steps)
     forbidden = sorted(name for name in FORBIDDEN_IMPORTS if name in sys.modules)
     steps["imports"] = {
         "status": "failed" if forbidden else "passed",

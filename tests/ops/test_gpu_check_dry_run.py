@@ -19,6 +19,7 @@ import torch
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_check.py"
 
 
+@pytest.mark.slow  # ~25 s of CPU: two child processes (the GPU tests' collection, the sanitizer case)
 def test_dry_run_checks_every_step(tmp_path: Path, compiled_extension) -> None:
     out = tmp_path / "op_dry.json"
     done = subprocess.run(

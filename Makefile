@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: venv demo test test-fast ext bench bench-op bench-models clean
+.PHONY: venv demo test test-fast ext bench bench-op bench-models gpu-check clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,13 @@ bench-op: venv
 
 bench-models: venv
 	$(PY) scripts/bench_models.py --threads 1
+
+# The CUDA kernels on a GPU: build, GPU tests, timing, 64-bit indexing, compute-sanitizer; JSON in
+# benchmarks/results/. Needs torch, pytest and ninja only, so it uses the venv when there is one and
+# the plain interpreter otherwise. GPU_CHECK_ARGS=--dry-run checks the steps on a CPU.
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	$(GPU_PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist outputs .pytest_cache

@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 
+#include <string>
 #include <tuple>
 
 #include "carafe_geometry.h"
@@ -19,10 +20,30 @@ void carafe_backward_cpu(const at::Tensor& grad_output, const at::Tensor& featur
                          const at::Tensor& kernels, at::Tensor& grad_features,
                          at::Tensor& grad_kernels, const Geometry& geometry);
 
-// The two sets of CUDA kernels (carafe_cuda_simple.cuh, carafe_cuda_tiled.cuh). `simple` is the
-// default until a GPU measurement shows the tiled kernels faster; `tiled` falls back to `simple`
-// for a call whose smallest tile does not fit the shared-memory budget (very large k).
-enum class CudaKernels { simple, tiled };
+// Which CUDA kernels run (carafe_cuda_simple.cuh, carafe_cuda_tiled.cuh). `simple` stays the
+// default until a GPU measurement (scripts/gpu_check.py) shows another choice faster;
+// `automatic` chooses per call and pass from the launch shape (carafe_cuda_plan.h:
+// choose_kernels); `tiled` forces the tiled kernels, which still fall back to `simple` for a pass
+// whose smallest tile does not fit the shared-memory budget (very large k).
+enum class CudaKernels { automatic, simple, tiled };
+
+inline const char* name_of(CudaKernels choice) {
+  switch (choice) {
+    case CudaKernels::simple:
+      return "simple";
+    case CudaKernels::tiled:
+      return "tiled";
+    default:
+      return "auto";
+  }
+}
+
+inline CudaKernels cuda_kernels_named(const std::string& name) {
+  TORCH_CHECK(name == "auto" || name == "simple" || name == "tiled",
+              "carafe: the CUDA kernels are 'auto', 'simple' or 'tiled', got '", name, "'");
+  if (name == "simple") return CudaKernels::simple;
+  return name == "tiled" ? CudaKernels::tiled : CudaKernels::automatic;
+}
 
 #ifdef CARAFE_WITH_CUDA
 void carafe_forward_cuda(const at::Tensor& features, const at::Tensor& kernels,

@@ -4,10 +4,12 @@
 #include <torch/extension.h>
 
 #include <atomic>
+#include <limits>
 #include <string>
 #include <tuple>
 
 #include "carafe.h"
+#include "carafe_plan_query.h"
 #include "carafe_tensor_geometry.h"
 
 namespace carafe_exp {
@@ -16,22 +18,26 @@ namespace {
 // Which CUDA kernels run (set_cuda_kernels); read on every call, so a change applies at once.
 std::atomic<CudaKernels> cuda_kernels_choice{CudaKernels::simple};
 
-const char* name_of(CudaKernels choice) {
-  return choice == CudaKernels::tiled ? "tiled" : "simple";
-}
+// Debugging aid of the GPU tests (set_fill_outputs_with_nan): outputs are filled with NaN before
+// the kernels run, so an element no thread writes shows up instead of reading back whatever the
+// allocator's memory held (often a previous call's correct value).
+std::atomic<bool> fill_outputs_with_nan{false};
 
 void set_cuda_kernels(const std::string& name) {
-  TORCH_CHECK(name == "simple" || name == "tiled",
-              "carafe: the CUDA kernels are 'simple' or 'tiled', got '", name, "'");
-  cuda_kernels_choice = name == "tiled" ? CudaKernels::tiled : CudaKernels::simple;
+  cuda_kernels_choice = cuda_kernels_named(name);
 }
 
 std::string cuda_kernels() { return name_of(cuda_kernels_choice.load()); }
+
+void fill_if_debugging(at::Tensor& tensor) {
+  if (fill_outputs_with_nan.load()) tensor.fill_(std::numeric_limits<double>::quiet_NaN());
+}
 
 // Dispatches the forward kernels into `output` (already allocated, any strides).
 void run_forward(const at::Tensor& features, const at::Tensor& kernels, at::Tensor& output,
                  const Geometry& g) {
   if (output.numel() == 0) return;
+  fill_if_debugging(output);
   if (features.is_cuda()) {
 #ifdef CARAFE_WITH_CUDA
     carafe_forward_cuda(features, kernels, output, g, cuda_kernels_choice.load());
@@ -86,6 +92,8 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output,
     grad_kernels.zero_();
     return {grad_features, grad_kernels};
   }
+  fill_if_debugging(grad_features);
+  fill_if_debugging(grad_kernels);
   if (features.is_cuda()) {
 #ifdef CARAFE_WITH_CUDA
     carafe_backward_cuda(grad_output, features, kernels, grad_features, grad_kernels, g,
@@ -120,8 +128,29 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("features_channels_last"), py::arg("kernels_channels_last"),
         py::call_guard<py::gil_scoped_release>());
   m.def("set_cuda_kernels", &carafe_exp::set_cuda_kernels,
-        "choose the CUDA kernels: 'simple' (default) or 'tiled'", py::arg("name"));
-  m.def("cuda_kernels", &carafe_exp::cuda_kernels, "the CUDA kernels in use: 'simple' or 'tiled'");
+        "choose the CUDA kernels: 'simple' (the default), 'tiled' or 'auto' (per call and pass "
+        "from the launch shape)",
+        py::arg("name"));
+  m.def("cuda_kernels", &carafe_exp::cuda_kernels,
+        "the CUDA kernels in use: 'auto', 'simple' or 'tiled'");
+  m.def(
+      "set_fill_outputs_with_nan",
+      [](bool on) { carafe_exp::fill_outputs_with_nan = on; },
+      "debugging: fill every output with NaN before the kernels run (the GPU tests)",
+      py::arg("on"));
+  m.def(
+      "plan",
+      [](const std::vector<int64_t>& features_shape, int64_t kernel_size, int64_t scale,
+         int64_t groups, bool down, const std::string& dtype, const std::string& cuda_kernels,
+         int64_t multiprocessors) {
+        return carafe_exp::plan_query(features_shape, kernel_size, scale, groups, down, dtype,
+                                      carafe_exp::cuda_kernels_named(cuda_kernels),
+                                      multiprocessors);
+      },
+      "what each pass of a CUDA call of this shape runs on a GPU of `multiprocessors` (no GPU "
+      "needed)",
+      py::arg("features_shape"), py::arg("kernel_size"), py::arg("scale"), py::arg("groups"),
+      py::arg("down"), py::arg("dtype"), py::arg("cuda_kernels"), py::arg("multiprocessors"));
   m.attr("has_cuda") =
 #ifdef CARAFE_WITH_CUDA
       true;

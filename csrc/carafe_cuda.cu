@@ -8,6 +8,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <atomic>
+
 #include "carafe.h"
 #include "carafe_cuda_dispatch.h"
 
@@ -27,13 +29,28 @@ struct StreamLaunch {
   }
 };
 
+// Multiprocessors of the current device, which shape the tiled kernels' grid; asked once per
+// device (the query costs a driver call).
+int64_t multiprocessors() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> counts[kMaxDevices] = {};
+  const int device = c10::cuda::current_device();
+  if (device < 0 || device >= kMaxDevices) return cuda::kDefaultMultiprocessors;
+  int count = counts[device].load();
+  if (count == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    counts[device] = count;
+  }
+  return count;
+}
+
 }  // namespace
 
 void carafe_forward_cuda(const at::Tensor& features, const at::Tensor& kernels,
                          at::Tensor& output, const Geometry& geometry, CudaKernels choice) {
   const c10::cuda::CUDAGuard guard(features.device());
   StreamLaunch launch{c10::cuda::getCurrentCUDAStream()};
-  cuda::launch_forward(launch, features, kernels, output, geometry, choice);
+  cuda::launch_forward(launch, features, kernels, output, geometry, choice, multiprocessors());
 }
 
 void carafe_backward_cuda(const at::Tensor& grad_output, const at::Tensor& features,
@@ -43,7 +60,7 @@ void carafe_backward_cuda(const at::Tensor& grad_output, const at::Tensor& featu
   const c10::cuda::CUDAGuard guard(features.device());
   StreamLaunch launch{c10::cuda::getCurrentCUDAStream()};
   cuda::launch_backward(launch, grad_output, features, kernels, grad_features, grad_kernels,
-                        geometry, choice);
+                        geometry, choice, multiprocessors());
 }
 
 }  // namespace carafe_exp

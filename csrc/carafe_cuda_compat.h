@@ -13,6 +13,16 @@
 #include "emulation/cuda_emulation.h"
 #endif
 
+// Deliberate bugs that the emulation tests switch on one at a time, to show that the emulation
+// catches them (emulation/cuda_emulation.h: Fault); a constant false in every real build, where
+// the compiler removes the code they guard.
+#ifdef CARAFE_CUDA_EMULATION
+#define CARAFE_FAULT(name) \
+  (::carafe_exp::emulation::fault_active(::carafe_exp::emulation::Fault::name))
+#else
+#define CARAFE_FAULT(name) false
+#endif
+
 // Asks for a loop to be unrolled (nvcc's and GCC's spellings differ).
 #if defined(__CUDACC__)
 #define CARAFE_UNROLL _Pragma("unroll")
@@ -53,6 +63,13 @@ __device__ __forceinline__ Vector<T, N> load_vector(const T* address) {
 #else
   return *reinterpret_cast<const Vector<T, N>*>(address);
 #endif
+}
+
+// Reads the first byte at `address` and ignores it: the deliberate out-of-bounds reads of
+// CARAFE_FAULT, invisible in the results (a volatile read the compiler must keep).
+template <typename T>
+__device__ __forceinline__ void touch(const T* address) {
+  (void)*reinterpret_cast<const volatile unsigned char*>(address);
 }
 
 }  // namespace cuda

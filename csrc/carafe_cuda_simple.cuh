@@ -60,6 +60,10 @@ __global__ void forward_kernel(const scalar_t* __restrict__ features,
                static_cast<acc_t>(features[xs.offset(n, c, iy, ix)]);
       }
     }
+    if (CARAFE_FAULT(global_read_past_end) && idx == total - 1) {
+      // Deliberate bug (emulation tests only): one element past the last one of the features.
+      touch(features + xs.offset(g.batch - 1, g.channels - 1, g.in_h - 1, g.in_w - 1) + 1);
+    }
     out[os.offset(n, c, y, x)] = static_cast<scalar_t>(acc);
   }
 }

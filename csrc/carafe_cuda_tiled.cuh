@@ -1,10 +1,12 @@
 // The tiled CUDA kernels of CARAFE (upsampling) and CARAFE++ (downsampling), laid out the way a
-// GPU wants them: one block of kTiledThreads threads per (image, group, tile) (carafe_cuda_plan.h).
+// GPU wants them: one block of up to kTiledThreads threads per (image, group, tile), its shape
+// and thread count given by the plan (carafe_cuda_plan.h).
 //
 // - Forward: the tile's kernel weights (k*k per output pixel) are staged in shared memory once
 //   and reused for every channel of the group; the input window the tile reads is staged a chunk
 //   of channels at a time; each thread accumulates kChannelsPerThread channels of one output
-//   pixel, so every weight read from shared memory feeds that many FMAs.
+//   pixel, so every weight read from shared memory feeds that many FMAs, or, upsampling by 2 or
+//   4, of the s x s outputs sharing a source pixel, so every staged input feeds s*s FMAs too.
 // - Kernel gradient: each (tap, pixel) of the tile is accumulated by one thread in shared
 //   memory over the chunks of channels, from the staged grad_output tile and input window.
 // - Feature gradient: a tile of input pixels gathers from the window of outputs that read it;
@@ -15,6 +17,8 @@
 // types are converted to float when staged and accumulate in float (at::opmath_type). Taps
 // whose neighbour lies outside the map are skipped, not multiplied by zero, as in the reference.
 // A block-stride loop over the tiles lets any grid size (a capped grid included) cover the map.
+// On a large GPU a map with few tiles splits each group's channels across blocks (Tile::c_begin,
+// c_end; carafe_cuda_plan.h): each block of a split stages the same weights and its own channels.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -141,7 +145,10 @@ __device__ __forceinline__ bool output_reading(const Geometry& g, int64_t i, int
   return true;
 }
 
-template <typename scalar_t>
+// S: outputs per thread and axis (plan.cell). S > 1 only upsampling by S, where the S x S outputs
+// of a cell share their source pixel and so the staged inputs of every tap: per tap a thread
+// loads V inputs and S*S weights for S*S*V FMAs (S = 1: V + 1 loads for V FMAs).
+template <typename scalar_t, int S>
 __global__ void __launch_bounds__(kTiledThreads)
     forward_tiled_kernel(const scalar_t* __restrict__ features, const scalar_t* __restrict__ kernels,
                          scalar_t* __restrict__ out, Geometry g, TilePlan plan, Strides4 xs,
@@ -150,50 +157,76 @@ __global__ void __launch_bounds__(kTiledThreads)
   constexpr int V = kChannelsPerThread;
   const int k = static_cast<int>(g.kernel_size), r = static_cast<int>(g.radius);
   const int taps = k * k, pixels = static_cast<int>(plan.pixels());
+  const int tile_w = static_cast<int>(plan.tile_w);
+  const int cells_w = tile_w / S, cells = pixels / (S * S);
   const int window = static_cast<int>(plan.window()), window_w = static_cast<int>(plan.window_w);
-  const int group_channels = static_cast<int>(g.group_channels);
   acc_t* weights = dynamic_shared<acc_t>();  // [taps][pixels]
   acc_t* inputs = weights + taps * pixels;    // [chunk][window]
   const bool channels_fastest = os.c < os.w;
   for (int64_t b = blockIdx.x; b < plan.blocks; b += gridDim.x) {
     const Tile tile = tile_of(plan, g, b);
+    const int c_end = static_cast<int>(tile.c_end);
     __syncthreads();  // the previous tile's readers are done with shared memory
     stage_tile(kernels, ks, plan, tile, tile.grp * taps, taps, taps, weights);
     const int64_t row0 = input_window_origin(g, tile.y0), col0 = input_window_origin(g, tile.x0);
-    for (int c0 = 0; c0 < group_channels; c0 += static_cast<int>(plan.chunk)) {
-      const int count = smaller(static_cast<int>(plan.chunk), group_channels - c0);
+    for (int c0 = static_cast<int>(tile.c_begin); c0 < c_end; c0 += static_cast<int>(plan.chunk)) {
+      const int count = smaller(static_cast<int>(plan.chunk), c_end - c0);
       const int vectors = (count + V - 1) / V;
       __syncthreads();  // the previous chunk's readers are done with the window
       stage_window(features, xs, plan, tile.n, tile.grp * g.group_channels + c0, count, vectors * V,
                    row0, col0, g.in_h, g.in_w, inputs);
       __syncthreads();  // weights and window staged
-      for (int item = threadIdx.x; item < pixels * vectors; item += blockDim.x) {
-        const PixelVector pv = pixel_vector(item, pixels, vectors, channels_fastest);
-        const int py = pv.pixel / static_cast<int>(plan.tile_w);
-        const int px = pv.pixel % static_cast<int>(plan.tile_w);
-        if (py >= tile.h || px >= tile.w) continue;
+      for (int item = threadIdx.x; item < cells * vectors; item += blockDim.x) {
+        const PixelVector pv = pixel_vector(item, cells, vectors, channels_fastest);
+        const int py = pv.pixel / cells_w * S, px = pv.pixel % cells_w * S;  // the cell's first
+        if (py >= tile.h || px >= tile.w) continue;  // (S > 1: a cell is inside or outside whole)
         const int64_t y = tile.y0 + py, x = tile.x0 + px;
         const int64_t sy = g.source(y), sx = g.source(x);
         const TapRange rows = taps_inside(sy, r, k, g.in_h), cols = taps_inside(sx, r, k, g.in_w);
         const acc_t* in = inputs + pv.vec * V * window +
                           static_cast<int>((sy - r - row0) * window_w + (sx - r - col0));
-        acc_t acc[V];
+        const acc_t* cell_weights = weights + py * tile_w + px;
+        acc_t acc[S * S][V];
         CARAFE_UNROLL
-        for (int v = 0; v < V; ++v) acc[v] = acc_t(0);
+        for (int o = 0; o < S * S; ++o) {
+          CARAFE_UNROLL
+          for (int v = 0; v < V; ++v) acc[o][v] = acc_t(0);
+        }
         for (int dy = rows.begin; dy < rows.end; ++dy) {
           for (int dx = cols.begin; dx < cols.end; ++dx) {
-            const acc_t w = weights[(dy * k + dx) * pixels + pv.pixel];
             const int offset = dy * window_w + dx;
+            acc_t staged[V];
             CARAFE_UNROLL
-            for (int v = 0; v < V; ++v) acc[v] += w * in[v * window + offset];
+            for (int v = 0; v < V; ++v) staged[v] = in[v * window + offset];
+            const acc_t* tap_weights = cell_weights + (dy * k + dx) * pixels;
+            CARAFE_UNROLL
+            for (int a = 0; a < S; ++a) {
+              CARAFE_UNROLL
+              for (int e = 0; e < S; ++e) {
+                const acc_t w = tap_weights[a * tile_w + e];
+                CARAFE_UNROLL
+                for (int v = 0; v < V; ++v) acc[a * S + e][v] += w * staged[v];
+              }
+            }
           }
+        }
+        if (CARAFE_FAULT(shared_read_past_end)) {
+          // Deliberate bug (emulation tests only): one element past the staged windows.
+          touch(inputs + plan.chunk * window);
         }
         CARAFE_UNROLL
         for (int v = 0; v < V; ++v) {
           const int c = c0 + pv.vec * V + v;
-          if (c < group_channels) {
-            out[os.offset(tile.n, tile.grp * g.group_channels + c, y, x)] =
-                static_cast<scalar_t>(acc[v]);
+          if (c >= c_end) continue;
+          // Deliberate bug (emulation tests only): the slice's last channel is never written.
+          if (CARAFE_FAULT(unwritten_output) && c == c_end - 1) continue;
+          CARAFE_UNROLL
+          for (int a = 0; a < S; ++a) {
+            CARAFE_UNROLL
+            for (int e = 0; e < S; ++e) {
+              out[os.offset(tile.n, tile.grp * g.group_channels + c, y + a, x + e)] =
+                  static_cast<scalar_t>(acc[a * S + e][v]);
+            }
           }
         }
       }
@@ -268,7 +301,6 @@ __global__ void __launch_bounds__(kTiledThreads)
   const int readers = static_cast<int>(plan.readers);  // sub-pixel outputs per tap and axis
   const int terms = taps * readers * readers;
   const int window = static_cast<int>(plan.window()), window_w = static_cast<int>(plan.window_w);
-  const int group_channels = static_cast<int>(g.group_channels);
   acc_t* weights = dynamic_shared<acc_t>();  // [tap][a][b][pixels]
   acc_t* douts = weights + terms * pixels;    // [chunk][window of outputs]
   const bool channels_fastest = gxs.c < gxs.w;
@@ -290,8 +322,9 @@ __global__ void __launch_bounds__(kTiledThreads)
       weights[item] = w;
     }
     const int64_t row0 = output_window_origin(g, tile.y0), col0 = output_window_origin(g, tile.x0);
-    for (int c0 = 0; c0 < group_channels; c0 += static_cast<int>(plan.chunk)) {
-      const int count = smaller(static_cast<int>(plan.chunk), group_channels - c0);
+    const int c_end = static_cast<int>(tile.c_end);
+    for (int c0 = static_cast<int>(tile.c_begin); c0 < c_end; c0 += static_cast<int>(plan.chunk)) {
+      const int count = smaller(static_cast<int>(plan.chunk), c_end - c0);
       const int vectors = (count + V - 1) / V;
       __syncthreads();  // the previous chunk's readers are done with the window
       stage_window(grad_out, gos, plan, tile.n, tile.grp * g.group_channels + c0, count,
@@ -324,7 +357,7 @@ __global__ void __launch_bounds__(kTiledThreads)
         CARAFE_UNROLL
         for (int v = 0; v < V; ++v) {
           const int c = c0 + pv.vec * V + v;
-          if (c < group_channels) {
+          if (c < c_end) {
             grad_features[gxs.offset(tile.n, tile.grp * g.group_channels + c, i, j)] =
                 static_cast<scalar_t>(acc[v]);
           }

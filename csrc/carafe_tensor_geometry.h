@@ -49,9 +49,12 @@ inline at::MemoryFormat format_of(bool channels_last) {
   return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
-// grad_output must have the output's shape and the features' dtype.
+// grad_output must have the output's shape and the features' dtype and device (the kernels
+// read it through a raw pointer on the features' device).
 inline void check_grad_output(const at::Tensor& grad_output, const at::Tensor& features,
                               const Geometry& g) {
+  TORCH_CHECK(grad_output.device() == features.device(), "carafe: grad_output is on ",
+              grad_output.device(), " but features are on ", features.device());
   TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == g.batch &&
                   grad_output.size(1) == g.channels && grad_output.size(2) == g.out_h &&
                   grad_output.size(3) == g.out_w &&

@@ -3,9 +3,9 @@
 Cases: the three FPN top-down steps of an 800×1333 image at C=256, batch 2, k=5
 (25×42→50×84, 50×84→100×168, 100×168→200×336) and a CARAFE++ downsampling case
 (2×64×400×668 → 200×334, k=5, s=2). For each: forward and forward+backward time and peak
-extra memory of the pure-PyTorch reference, the compiled extension (on a GPU both its simple
-and its tiled CUDA kernels) and F.interpolate (nearest), the compiled forward into a
-preallocated output, and the floor: bytes the op must move ÷ the copy bandwidth measured in the
+extra memory of the pure-PyTorch reference, the compiled extension (on a GPU each of its CUDA
+kernel sets, simple, tiled and auto, each held through forward and backward) and F.interpolate
+(nearest), the compiled forward into a preallocated output, and the floor: bytes the op must move ÷ the copy bandwidth measured in the
 same run. Prints a table and writes JSON (machine described) into benchmarks/results/.
 
 The process's CPU allocator is configured as the ``carafe-exp`` process configures it
@@ -20,6 +20,7 @@ Needs only torch (no Hydra): run from a checkout with ``python scripts/bench_op.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -28,7 +29,9 @@ import sys
 import time
 import weakref
 from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 import torch
@@ -144,19 +147,57 @@ def machine_info(device: torch.device, allocator: dict) -> dict:
     }
 
 
-def with_cuda_kernels(name: str, method: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
-    """``method`` run with the extension's ``name`` CUDA kernels (simple or tiled), restoring the choice after."""
-    extension = ops_extension.load()
+@contextlib.contextmanager
+def cuda_kernels_selected(extension: ModuleType, name: str) -> Iterator[None]:
+    """The extension's ``name`` CUDA kernels (simple, tiled or auto) while inside; the previous choice after."""
+    previous = extension.cuda_kernels()
+    extension.set_cuda_kernels(name)
+    try:
+        yield
+    finally:
+        extension.set_cuda_kernels(previous)
 
-    def run(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        previous = extension.cuda_kernels()
-        extension.set_cuda_kernels(name)
-        try:
-            return method(x, w)
-        finally:
-            extension.set_cuda_kernels(previous)
+
+def with_cuda_kernels(name: str, step: Callable[[], object], extension: ModuleType | None = None) -> Callable[[], object]:
+    """``step``, one whole timed call (the forward, or the forward and its backward), run with the
+    ``name`` CUDA kernels held throughout: the backward kernels must be the ones named too, or the
+    forward+backward row of a kernel set would time its forward with another set's backward."""
+
+    def run() -> object:
+        with cuda_kernels_selected(extension if extension is not None else ops_extension.load(), name):
+            return step()
 
     return run
+
+
+def forward_backward(
+    method: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, w: torch.Tensor, grad_output: torch.Tensor
+) -> Callable[[], None]:
+    """One training-style call of ``method``: forward, then backward into fresh gradients of x and w."""
+
+    def run() -> None:
+        x.grad = w.grad = None
+        method(x, w).backward(grad_output)
+
+    return run
+
+
+def timed_steps(
+    method: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    kernel_set: str | None,
+    features: torch.Tensor,
+    kernels: torch.Tensor,
+    grad_output: torch.Tensor,
+    extension: ModuleType | None = None,
+) -> tuple[Callable[[], object], Callable[[], None]]:
+    """The two timed calls of one method: the forward, and forward then backward (into fresh leaf
+    copies of the inputs); with a CUDA kernel set, each call holds it from start to end."""
+    x_grad, w_grad = features.clone().requires_grad_(), kernels.clone().requires_grad_()
+    forward = lambda: method(features, kernels)  # noqa: E731 - a timed thunk
+    training = forward_backward(method, x_grad, w_grad, grad_output)
+    if kernel_set is None:
+        return forward, training
+    return with_cuda_kernels(kernel_set, forward, extension), with_cuda_kernels(kernel_set, training, extension)
 
 
 def synchronize(device: torch.device) -> None:
@@ -241,23 +282,17 @@ def run_case(
     def nearest(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.interpolate(x, size=(out_h, out_w), mode="nearest")
 
-    methods = {"reference": reassemble("reference"), "nearest": nearest}
+    # name -> (method, the CUDA kernel set it runs with, or None)
+    methods: dict[str, tuple[Callable, str | None]] = {"reference": (reassemble("reference"), None), "nearest": (nearest, None)}
     if "compiled" in ops.available_backends():
-        methods["compiled"] = reassemble("compiled")
+        methods["compiled"] = (reassemble("compiled"), None)
         if device.type == "cuda":
-            # The tiled kernels, until a measurement like this one makes them the default.
-            methods["compiled_tiled"] = with_cuda_kernels("tiled", reassemble("compiled"))
-            methods["compiled"] = with_cuda_kernels("simple", reassemble("compiled"))
+            # Each kernel set, until a measurement like this one picks the default.
+            methods["compiled"] = (reassemble("compiled"), "simple")
+            methods["compiled_tiled"] = (reassemble("compiled"), "tiled")
+            methods["compiled_auto"] = (reassemble("compiled"), "auto")
 
-    x_grad, w_grad = features.clone().requires_grad_(), kernels.clone().requires_grad_()
     grad_output = torch.ones(case.batch, case.channels, out_h, out_w, device=device, dtype=dtype)
-
-    def forward_backward(method: Callable) -> Callable[[], None]:
-        def run() -> None:
-            x_grad.grad = w_grad.grad = None
-            method(x_grad, w_grad).backward(grad_output)
-
-        return run
 
     results: dict[str, dict] = {}
     if "compiled" in methods:
@@ -274,11 +309,12 @@ def run_case(
                 budget_s,
             )
         results["compiled_into"] = {"forward_ms": significant(into_ms), "forward_backward_ms": None}
-    for name, method in methods.items():
+    for name, (method, kernel_set) in methods.items():
+        forward, training = timed_steps(method, kernel_set, features, kernels, grad_output)
         with torch.no_grad():
-            forward_ms = time_call(lambda: method(features, kernels), device, repeats, budget_s)
-            forward_peak = peak_memory(lambda: method(features, kernels), device, (features, kernels))
-        backward_ms = time_call(forward_backward(method), device, repeats, budget_s)
+            forward_ms = time_call(forward, device, repeats, budget_s)
+            forward_peak = peak_memory(forward, device, (features, kernels))
+        backward_ms = time_call(training, device, repeats, budget_s)
         results[name] = {
             "forward_ms": significant(forward_ms),
             "forward_backward_ms": significant(backward_ms),
@@ -312,16 +348,18 @@ def run_case(
             "compiled_forward_vs_compute_floor": round(compiled["forward_ms"] / results["compute_floor"]["forward_ms"], 2),
             "compiled_into_forward_vs_floor": round(results["compiled_into"]["forward_ms"] / floor["forward_ms"], 2),
         }
-        if "compiled_tiled" in results:
-            tiled = results["compiled_tiled"]
+        for kernel_set in ("tiled", "auto"):
+            if f"compiled_{kernel_set}" not in results:
+                continue
+            other = results[f"compiled_{kernel_set}"]
             summary |= {
-                "tiled_speedup_forward_vs_simple": round(compiled["forward_ms"] / tiled["forward_ms"], 2),
-                "tiled_speedup_forward_backward_vs_simple": round(
-                    compiled["forward_backward_ms"] / tiled["forward_backward_ms"], 2
+                f"{kernel_set}_speedup_forward_vs_simple": round(compiled["forward_ms"] / other["forward_ms"], 2),
+                f"{kernel_set}_speedup_forward_backward_vs_simple": round(
+                    compiled["forward_backward_ms"] / other["forward_backward_ms"], 2
                 ),
-                "tiled_forward_vs_floor": round(tiled["forward_ms"] / floor["forward_ms"], 2),
-                "tiled_speedup_forward_backward_vs_reference": round(
-                    reference["forward_backward_ms"] / tiled["forward_backward_ms"], 2
+                f"{kernel_set}_forward_vs_floor": round(other["forward_ms"] / floor["forward_ms"], 2),
+                f"{kernel_set}_speedup_forward_backward_vs_reference": round(
+                    reference["forward_backward_ms"] / other["forward_backward_ms"], 2
                 ),
             }
     return {
@@ -343,7 +381,9 @@ def format_table(records: list[dict]) -> str:
     header = f"{'case':<24}{'dtype':<10}{'method':<14}{'fwd ms':>11}{'fwd+bwd ms':>13}{'peak MiB':>10}{'×output':>9}"
     lines = [header, "-" * len(header)]
     for record in records:
-        for method in ("reference", "compiled", "compiled_tiled", "compiled_into", "nearest", "floor", "compute_floor"):
+        for method in (
+            "reference", "compiled", "compiled_tiled", "compiled_auto", "compiled_into", "nearest", "floor", "compute_floor"
+        ):
             if method not in record["results"]:
                 continue
             r = record["results"][method]
@@ -365,13 +405,14 @@ def format_table(records: list[dict]) -> str:
                 f" {s['compiled_forward_vs_compute_floor']}× the compute floor (fwd);"
                 f" into a preallocated output {s['compiled_into_forward_vs_floor']}× the floor"
             )
-        if "tiled_speedup_forward_vs_simple" in record["summary"]:
-            s = record["summary"]
-            lines.append(
-                f"{'':<24}tiled CUDA kernels: ×{s['tiled_speedup_forward_vs_simple']} (fwd)"
-                f" ×{s['tiled_speedup_forward_backward_vs_simple']} (fwd+bwd) vs the simple ones;"
-                f" {s['tiled_forward_vs_floor']}× the floor (fwd)"
-            )
+        for kernel_set in ("tiled", "auto"):
+            if f"{kernel_set}_speedup_forward_vs_simple" in record["summary"]:
+                s = record["summary"]
+                lines.append(
+                    f"{'':<24}{kernel_set} CUDA kernels: ×{s[f'{kernel_set}_speedup_forward_vs_simple']} (fwd)"
+                    f" ×{s[f'{kernel_set}_speedup_forward_backward_vs_simple']} (fwd+bwd) vs the simple ones;"
+                    f" {s[f'{kernel_set}_forward_vs_floor']}× the floor (fwd)"
+                )
     return "\n".join(lines)
 
 
@@ -427,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "compiled": "carafe()/carafe_down() with backend='compiled', a plain call allocating its output; on a "
                         "GPU with the simple CUDA kernels",
-            "compiled_tiled": "the same with the tiled CUDA kernels (GPU only)",
+            "compiled_tiled": "the same with the tiled CUDA kernels (GPU only), held through the backward",
+            "compiled_auto": "the same with the kernels chosen per call and pass from the launch shape (GPU only)",
         },
         "cases": records,
     }

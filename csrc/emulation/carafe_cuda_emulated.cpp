@@ -5,10 +5,15 @@
 
 #include <torch/extension.h>
 
+#include <limits>
 #include <string>
 #include <tuple>
+#include <utility>
+#include <vector>
 
+#include "carafe.h"
 #include "carafe_cuda_dispatch.h"
+#include "carafe_plan_query.h"
 #include "carafe_tensor_geometry.h"
 #include "emulation/cuda_emulation.h"
 #include "emulation/emulation_probes.cuh"
@@ -18,10 +23,12 @@ namespace {
 
 using emulation::ThreadOrder;
 
+// The module's own kernel choice, as the extension's set_cuda_kernels keeps one: "current" in a
+// call means this one (the benchmark's kernel-set test drives it as it drives the extension's).
+CudaKernels current_choice = CudaKernels::simple;
+
 CudaKernels kernels_named(const std::string& name) {
-  TORCH_CHECK(name == "simple" || name == "tiled", "kernels must be 'simple' or 'tiled', got '",
-              name, "'");
-  return name == "tiled" ? CudaKernels::tiled : CudaKernels::simple;
+  return name == "current" ? current_choice : cuda_kernels_named(name);
 }
 
 ThreadOrder order_named(const std::string& name) {
@@ -47,17 +54,22 @@ void check_cpu(const at::Tensor& tensor) {
   TORCH_CHECK(tensor.is_cpu(), "the CUDA emulation runs on CPU tensors, got ", tensor.device());
 }
 
+// Outputs start as NaN before every emulated launch: an element no thread writes then shows up,
+// instead of reading back what at::empty's memory held (often a previous call's correct value).
+void fill_nan(at::Tensor& tensor) { tensor.fill_(std::numeric_limits<double>::quiet_NaN()); }
+
 at::Tensor forward(const at::Tensor& features, const at::Tensor& kernels, int64_t kernel_size,
                    int64_t scale, int64_t groups, bool down, bool channels_last,
                    const std::string& cuda_kernels, int64_t max_blocks,
-                   const std::string& thread_order) {
+                   const std::string& thread_order, int64_t multiprocessors) {
   check_cpu(features);
   const Geometry g = make_geometry(features, kernels, kernel_size, scale, groups, down);
   at::Tensor output = at::empty({g.batch, g.channels, g.out_h, g.out_w},
                                 features.options().memory_format(format_of(channels_last)));
+  fill_nan(output);
   EmulatedLaunch launch{order_named(thread_order)};
   cuda::launch_forward(launch, features, kernels, output, g, kernels_named(cuda_kernels),
-                       max_blocks);
+                       multiprocessors, max_blocks);
   return output;
 }
 
@@ -68,7 +80,8 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output,
                                             bool features_channels_last,
                                             bool kernels_channels_last,
                                             const std::string& cuda_kernels, int64_t max_blocks,
-                                            const std::string& thread_order) {
+                                            const std::string& thread_order,
+                                            int64_t multiprocessors) {
   check_cpu(features);
   const Geometry g = make_geometry(features, kernels, kernel_size, scale, groups, down);
   check_grad_output(grad_output, features, g);
@@ -81,10 +94,31 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output,
     grad_kernels.zero_();
     return {grad_features, grad_kernels};
   }
+  fill_nan(grad_features);
+  fill_nan(grad_kernels);
   EmulatedLaunch launch{order_named(thread_order)};
   cuda::launch_backward(launch, grad_output, features, kernels, grad_features, grad_kernels, g,
-                        kernels_named(cuda_kernels), max_blocks);
+                        kernels_named(cuda_kernels), multiprocessors, max_blocks);
   return {grad_features, grad_kernels};
+}
+
+// What each pass of a call of this shape would run, without running it (carafe_plan_query.h).
+py::dict plan(const std::vector<int64_t>& features_shape, int64_t kernel_size, int64_t scale,
+              int64_t groups, bool down, const std::string& dtype,
+              const std::string& cuda_kernels, int64_t multiprocessors) {
+  return plan_query(features_shape, kernel_size, scale, groups, down, dtype,
+                    kernels_named(cuda_kernels), multiprocessors);
+}
+
+void set_fault(const std::string& name) {
+  using emulation::Fault;
+  TORCH_CHECK(name == "none" || name == "unwritten_output" || name == "shared_read_past_end" ||
+                  name == "global_read_past_end",
+              "set_fault: unknown fault '", name, "'");
+  emulation::set_fault(name == "unwritten_output"       ? Fault::unwritten_output
+                       : name == "shared_read_past_end" ? Fault::shared_read_past_end
+                       : name == "global_read_past_end" ? Fault::global_read_past_end
+                                                        : Fault::none);
 }
 
 py::list launches() {
@@ -156,11 +190,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &carafe_exp::forward, py::arg("features"), py::arg("kernels"),
         py::arg("kernel_size"), py::arg("scale"), py::arg("groups"), py::arg("down"),
         py::arg("channels_last"), py::arg("cuda_kernels"), py::arg("max_blocks"),
-        py::arg("thread_order"));
+        py::arg("thread_order"), py::arg("multiprocessors") = carafe_exp::cuda::kDefaultMultiprocessors);
   m.def("backward", &carafe_exp::backward, py::arg("grad_output"), py::arg("features"),
         py::arg("kernels"), py::arg("kernel_size"), py::arg("scale"), py::arg("groups"),
         py::arg("down"), py::arg("features_channels_last"), py::arg("kernels_channels_last"),
-        py::arg("cuda_kernels"), py::arg("max_blocks"), py::arg("thread_order"));
+        py::arg("cuda_kernels"), py::arg("max_blocks"), py::arg("thread_order"),
+        py::arg("multiprocessors") = carafe_exp::cuda::kDefaultMultiprocessors);
+  m.def("plan", &carafe_exp::plan, "what each pass of a call of this shape would run",
+        py::arg("features_shape"), py::arg("kernel_size"), py::arg("scale"), py::arg("groups"),
+        py::arg("down"), py::arg("dtype"), py::arg("cuda_kernels"),
+        py::arg("multiprocessors") = carafe_exp::cuda::kDefaultMultiprocessors);
+  m.def("set_cuda_kernels", [](const std::string& name) {
+    carafe_exp::current_choice = carafe_exp::cuda_kernels_named(name);
+  }, "the choice calls with cuda_kernels='current' make", py::arg("name"));
+  m.def("cuda_kernels", [] { return std::string(carafe_exp::name_of(carafe_exp::current_choice)); });
+  m.def("set_fault", &carafe_exp::set_fault,
+        "switch on one deliberate bug of the kernels (tests of the emulation), or 'none'",
+        py::arg("name"));
   m.def("launches", &carafe_exp::launches, "the launches since clear_launches()");
   m.def("clear_launches", &carafe_exp::emulation::clear_launches);
   m.def("probe_reverse", &carafe_exp::probe_reverse, py::arg("input"), py::arg("threads"),

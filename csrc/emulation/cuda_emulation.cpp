@@ -4,10 +4,14 @@
 #include "emulation/cuda_emulation.h"
 
 #include <sys/mman.h>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
 #include <ucontext.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <mutex>
 #include <sstream>
@@ -86,6 +90,20 @@ thread_local StackPool stacks;
 
 std::mutex records_mutex;
 std::vector<LaunchRecord> records;
+std::atomic<Fault> active_fault{Fault::none};
+
+// Under AddressSanitizer the canaries are poisoned: a read of them is reported, not just a write.
+void poison(const unsigned char* begin, size_t bytes, bool on) {
+#if defined(__SANITIZE_ADDRESS__)
+  if (on) {
+    ASAN_POISON_MEMORY_REGION(begin, bytes);
+  } else {
+    ASAN_UNPOISON_MEMORY_REGION(begin, bytes);
+  }
+#else
+  (void)begin, (void)bytes, (void)on;
+#endif
+}
 
 void report(const std::string& message) {
   if (running != nullptr && running->error.empty()) {
@@ -183,9 +201,13 @@ void launch(const std::string& name, dim3 grid, dim3 block, int64_t shared_bytes
           fiber.context.uc_link = &run.scheduler;
           makecontext(&fiber.context, fiber_main, 0);
         }
+        poison(shared.data(), kCanaryBytes, true);
+        poison(run.shared + shared_bytes, kCanaryBytes, true);
         running = &run;
         const int64_t barriers = run_block(run, order);
         running = nullptr;
+        poison(shared.data(), kCanaryBytes, false);
+        poison(run.shared + shared_bytes, kCanaryBytes, false);
         const auto intact = [](const unsigned char* p) {
           return std::all_of(p, p + kCanaryBytes, [](unsigned char c) { return c == kCanary; });
         };
@@ -225,6 +247,10 @@ void barrier() {
   fiber->state = State::at_barrier;
   swapcontext(&fiber->context, &running->scheduler);
 }
+
+void set_fault(Fault fault) { active_fault = fault; }
+
+bool fault_active(Fault fault) { return active_fault.load() == fault; }
 
 std::vector<LaunchRecord> launches() {
   const std::lock_guard<std::mutex> lock(records_mutex);

@@ -10,6 +10,9 @@
 // - Dynamic shared memory is filled with 0xFF bytes (a NaN in every floating type) before each
 //   block, so a read of something no thread staged shows up in the results, and is fenced by
 //   canaries, so a write past its end is reported.
+// - Built with -fsanitize=address (a test does), the canaries are poisoned for AddressSanitizer,
+//   so a read past the shared memory is reported too, as is any read past a tensor (torch's
+//   allocations get ASan's red zones when libasan is preloaded).
 // - Misbehaviour the hardware would fault on or leave undefined is an error thrown by launch():
 //   a misaligned vector load, a write outside the dynamic shared memory, a __syncthreads() that
 //   some threads of a block never reach, more than 1024 threads or 48 KiB of dynamic shared memory.
@@ -79,6 +82,12 @@ void* dynamic_shared_memory();
 // Counts a vector load of `bytes` at `address`, and records an error when `address` is not a
 // multiple of `bytes`.
 void check_aligned(const void* address, size_t bytes);
+
+// Deliberate bugs of the kernels (CARAFE_FAULT in carafe_cuda_compat.h), switched on one at a
+// time by the tests that show the emulation catches them; `none` in normal use.
+enum class Fault { none, unwritten_output, shared_read_past_end, global_read_past_end };
+void set_fault(Fault fault);
+bool fault_active(Fault fault);
 
 // Launches since the last clear_launches(), in order.
 std::vector<LaunchRecord> launches();

@@ -38,12 +38,12 @@ def random_case(
 
 
 def grid_case(
-    kernel_size: int, scale: int, groups: int, down: bool, dtype: torch.dtype = torch.float64
+    kernel_size: int, scale: int, groups: int, down: bool, dtype: torch.dtype = torch.float64, group_channels: int = 2
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The inputs of one CASE_GRID case: odd map sizes, two channels per group, a batch of 3 for half the cases."""
+    """The inputs of one CASE_GRID case: odd map sizes, two channels per group (by default), a batch of 3 for half the cases."""
     batch = 3 if (kernel_size + scale) % 2 else 1
     height, width = (7, 5) if down else (5, 3)
-    return random_case(batch, 2 * groups, height, width, kernel_size, scale, groups, down, dtype=dtype)
+    return random_case(batch, group_channels * groups, height, width, kernel_size, scale, groups, down, dtype=dtype)
 
 
 def naive_reassemble(

@@ -5,7 +5,14 @@ and their dispatch (``carafe_cuda_dispatch.h``) unchanged as host code: each blo
 as fibers, phase by phase between ``__syncthreads()`` barriers, with poisoned shared memory. These
 tests run both kernel sets on the grid of cases the compiled CPU kernels are checked on
 (tests/ops/test_op_compiled.py), forward and backward, plus dtypes, layouts, large k and capped
-grids, and show that the emulation itself catches what a GPU would expose.
+grids, and show that the emulation itself catches what a GPU would expose. Outputs start as NaN
+before every emulated launch, so an element no thread writes fails the comparison.
+
+The tiled kernels come in the shapes carafe_cuda_plan.h gives them for a large GPU: one thread per
+source pixel computing its s x s outputs (forward, upsampling by 2 or 4: ``forward_tiled_cells``)
+and a group's channels split across blocks when a map has too few tiles for the multiprocessors
+(``splits`` in the plan). ``plan()`` says which kernels and shape each pass of a call gets; the
+launches the emulation records are checked against it.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ from carafe_exp.ops import reassemble_reference
 from carafe_exp.ops.geometry import is_channels_last
 from ops.op_cases import CASE_GRID, CASE_IDS, float_tolerance, grid_case, random_case
 
-KERNEL_SETS = ["simple", "tiled"]
+KERNEL_SETS = ["simple", "tiled", "auto"]
+# An H100/H200 (132 multiprocessors): the kernels' default shaping target.
+H200_MULTIPROCESSORS = 132
 
 
 def _reference(features, kernels, k, s, groups, down, grad_output):
@@ -31,16 +40,33 @@ def _reference(features, kernels, k, s, groups, down, grad_output):
     return out.detach(), features.grad, kernels.grad
 
 
-def _emulated(emulation, features, kernels, k, s, groups, down, grad_output, cuda_kernels, *, max_blocks=None, order="ascending"):
+def _emulated(
+    emulation, features, kernels, k, s, groups, down, grad_output, cuda_kernels, *, max_blocks=None, order="ascending",
+    multiprocessors=H200_MULTIPROCESSORS,
+):  # fmt: skip
     """Output and both gradients of the CUDA kernels run by the emulation, and the launches it made."""
     max_blocks = emulation.max_blocks if max_blocks is None else max_blocks
     emulation.clear_launches()
-    out = emulation.forward(features, kernels, k, s, groups, down, is_channels_last(features), cuda_kernels, max_blocks, order)
+    out = emulation.forward(
+        features, kernels, k, s, groups, down, is_channels_last(features), cuda_kernels, max_blocks, order, multiprocessors
+    )
     grad_features, grad_kernels = emulation.backward(
         grad_output, features, kernels, k, s, groups, down,
-        is_channels_last(features), is_channels_last(kernels), cuda_kernels, max_blocks, order,
+        is_channels_last(features), is_channels_last(kernels), cuda_kernels, max_blocks, order, multiprocessors,
     )  # fmt: skip
     return (out, grad_features, grad_kernels), emulation.launches()
+
+
+def _planned_launches(emulation, features, k, s, groups, down, cuda_kernels, multiprocessors=H200_MULTIPROCESSORS):
+    """The kernel names plan() says a call makes (forward, grad_kernels, grad_features), and the plan."""
+    dtype = str(features.dtype).removeprefix("torch.")
+    plan = emulation.plan(list(features.shape), k, s, groups, down, dtype, cuda_kernels, multiprocessors)
+    names = []
+    for name in ("forward", "grad_kernels", "grad_features"):
+        entry = plan[name]
+        cells = "_cells" if entry["kernels"] == "tiled" and entry["cell"] > 1 else ""
+        names.append(f"{name}_{entry['kernels']}{cells}")
+    return names, plan
 
 
 def _assert_matches(actual, expected, **tolerance) -> None:
@@ -49,26 +75,42 @@ def _assert_matches(actual, expected, **tolerance) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def _grid_reference(k: int, s: int, groups: int, down: bool):
-    """Inputs, grad_output and reference results of one grid case, shared by both kernel sets."""
-    torch.manual_seed(k * 100 + s * 10 + groups + 1000 * down)
-    features, kernels = grid_case(k, s, groups, down)
+def _grid_reference(k: int, s: int, groups: int, down: bool, group_channels: int = 2):
+    """Inputs, grad_output and reference results of one grid case, shared by the kernel variants."""
+    torch.manual_seed(k * 100 + s * 10 + groups + 1000 * down + 10000 * group_channels)
+    features, kernels = grid_case(k, s, groups, down, group_channels=group_channels)
     out = reassemble_reference(features, kernels, k, s, groups, down)
     grad_output = torch.randn_like(out)
     return features, kernels, grad_output, _reference(features, kernels, k, s, groups, down, grad_output)
 
 
-@pytest.mark.parametrize("cuda_kernels", KERNEL_SETS)
+# (kernel set, channels per group) of the grid: 2 channels per group leave nothing to split; at 36 a
+# large GPU splits each group's channels across two blocks (20 and 16 channels, a partial vector).
+GRID_VARIANTS = [("simple", 2), ("tiled", 2), ("tiled", 36)]
+GRID_VARIANT_IDS = ["simple", "tiled", "tiled-split"]
+
+
+@pytest.mark.parametrize(("cuda_kernels", "group_channels"), GRID_VARIANTS, ids=GRID_VARIANT_IDS)
 @pytest.mark.parametrize("down", [False, True], ids=["up", "down"])
 @pytest.mark.parametrize(("k", "s", "groups"), CASE_GRID, ids=CASE_IDS)
-def test_emulated_kernels_match_reference(k: int, s: int, groups: int, down: bool, cuda_kernels: str, cuda_emulation) -> None:
-    features, kernels, grad_output, expected = _grid_reference(k, s, groups, down)
+def test_emulated_kernels_match_reference(
+    k: int, s: int, groups: int, down: bool, cuda_kernels: str, group_channels: int, cuda_emulation
+) -> None:
+    features, kernels, grad_output, expected = _grid_reference(k, s, groups, down, group_channels)
     actual, launches = _emulated(cuda_emulation, features, kernels, k, s, groups, down, grad_output, cuda_kernels)
     _assert_matches(actual, expected)
-    # Every kernel of the chosen set ran: these small cases always fit a tile.
-    assert [launch["name"] for launch in launches] == [
-        f"{name}_{cuda_kernels}" for name in ("forward", "grad_kernels", "grad_features")
-    ]
+    # Every kernel of the chosen set ran (these small cases always fit a tile), as plan() says.
+    names, plan = _planned_launches(cuda_emulation, features, k, s, groups, down, cuda_kernels)
+    assert [launch["name"] for launch in launches] == names
+    assert all(name.startswith(("forward", "grad_kernels", "grad_features")) and cuda_kernels in name for name in names)
+    if cuda_kernels == "tiled":
+        # Upsampling by 2 or 4, a thread computes the s x s outputs of a source pixel.
+        assert names[0].endswith("_cells") == (not down and s in (2, 4))
+        # The kernel gradient sums over the channels: it never splits them.
+        assert plan["grad_kernels"]["splits"] == 1
+        if group_channels > 2:
+            assert plan["forward"]["splits"] == plan["grad_features"]["splits"] == 2
+            assert [launch["grid"][0] for launch in launches] == [plan[p]["blocks"] for p in ("forward", "grad_kernels", "grad_features")]
 
 
 @pytest.mark.parametrize("cuda_kernels", KERNEL_SETS)
@@ -81,7 +123,9 @@ def test_large_kernel_sizes(k: int, s: int, down: bool, cuda_kernels: str, cuda_
     grad_output = torch.randn(reassemble_reference(features, kernels, k, s, 2, down).shape, dtype=torch.float64)
     actual, launches = _emulated(cuda_emulation, features, kernels, k, s, 2, down, grad_output, cuda_kernels)
     _assert_matches(actual, _reference(features, kernels, k, s, 2, down, grad_output))
-    assert launches[0]["name"] == f"forward_{cuda_kernels}"
+    assert [launch["name"] for launch in launches] == _planned_launches(cuda_emulation, features, k, s, 2, down, cuda_kernels)[0]
+    if cuda_kernels == "tiled":
+        assert launches[0]["name"].startswith("forward_tiled")
     assert all(launch["shared_bytes"] <= 48 * 1024 for launch in launches)
 
 
@@ -149,7 +193,10 @@ def test_strided_inputs(layout: str, dtype: torch.dtype, channels: int, down: bo
         torch.testing.assert_close(got.double(), want, rtol=0, atol=float_tolerance(dtype, want))
     assert actual[0].is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
     vector_loads = sum(launch["vector_loads"] for launch in launches)
-    if cuda_kernels == "tiled" and layout == "channels_last" and channels != 10:
+    assert [launch["name"] for launch in launches] == _planned_launches(cuda_emulation, features, 5, 2, 2, down, cuda_kernels)[0]
+    tiled_ran = any("_tiled" in launch["name"] for launch in launches)  # auto: 8 channels per group or more
+    assert tiled_ran == (cuda_kernels == "tiled" or (cuda_kernels == "auto" and channels // 2 >= 8))
+    if tiled_ran and layout == "channels_last" and channels != 10:
         assert vector_loads > 0  # the staging took the vectorised path
     else:
         assert vector_loads == 0

@@ -1,7 +1,10 @@
 """CUDA kernels against the float64 reference on the CPU (skipped without CUDA).
 
-Both kernel sets run: ``simple`` (the default) and ``tiled`` (csrc/carafe_cuda_tiled.cuh). Without a
-GPU the same kernels are executed by the CUDA emulation (test_op_cuda_emulation.py).
+Every kernel choice runs: ``simple`` (the default), ``tiled`` (csrc/carafe_cuda_tiled.cuh) and ``auto``
+(per call from the launch shape, carafe_cuda_plan.h). Outputs are filled with NaN before every
+launch (the extension's ``set_fill_outputs_with_nan``), so an element no thread writes fails the
+comparison instead of reading back a previous call's value. Without a GPU the same kernels are
+executed by the CUDA emulation (test_op_cuda_emulation.py).
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(params=["simple", "tiled"])
+@pytest.fixture(params=["simple", "tiled", "auto"])
 def cuda_kernels(request: pytest.FixtureRequest, compiled_extension):
-    """Runs the test with each set of CUDA kernels, restoring the choice afterwards."""
+    """Runs the test with each choice of CUDA kernels and NaN-filled outputs, restoring both afterwards."""
     previous = compiled_extension.cuda_kernels()
     compiled_extension.set_cuda_kernels(request.param)
+    compiled_extension.set_fill_outputs_with_nan(True)
     yield request.param
+    compiled_extension.set_fill_outputs_with_nan(False)
     compiled_extension.set_cuda_kernels(previous)
 
 
@@ -107,3 +112,18 @@ def test_cuda_torch_compile(cuda_kernels: str) -> None:
         return carafe(x * 2, w, 3, 2, 2, backend="compiled").relu()
 
     torch.testing.assert_close(torch.compile(f, fullgraph=True)(features, kernels), f(features, kernels))
+
+
+def test_cuda_split_and_cells_match_reference(cuda_kernels: str) -> None:
+    # Few tiles and many channels: on a large GPU the tiled kernels split the channels across blocks
+    # and compute 2x2 outputs per thread (see test_op_cuda_plan.py).
+    features, kernels = random_case(2, 64, 7, 9, 5, 2, 1, False)
+    _compare_with_cpu_reference(carafe, features, kernels, 5, 2, 1, dtype=torch.float32)
+
+
+def test_cuda_grad_output_on_another_device_is_an_error(compiled_extension) -> None:
+    features, kernels = random_case(1, 4, 3, 3, 3, 2, 1, False, dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="grad_output is on cpu but features are on cuda"):
+        compiled_extension.backward(
+            torch.zeros(1, 4, 6, 6), features.cuda(), kernels.cuda(), 3, 2, 1, False, False, False
+        )

@@ -70,8 +70,26 @@ def test_unknown_backend_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_unknown_cuda_kernels_setting_is_a_config_error(monkeypatch: pytest.MonkeyPatch, compiled_extension) -> None:
     monkeypatch.setenv(extension.CUDA_KERNELS_ENV, "fast")
-    with pytest.raises(ConfigError, match=r"\$CARAFE_EXP_CUDA_KERNELS must be one of simple, tiled; got 'fast'"):
+    with pytest.raises(ConfigError, match=r"\$CARAFE_EXP_CUDA_KERNELS must be one of simple, tiled, auto; got 'fast'"):
         carafe(**_good(), backend="compiled")
+
+
+def test_cuda_kernels_setting_selects_a_kernel_set(monkeypatch: pytest.MonkeyPatch, compiled_extension) -> None:
+    assert compiled_extension.cuda_kernels() == "simple"  # the default until a GPU measures the others
+    try:
+        for name in ("auto", "tiled", "simple"):
+            monkeypatch.setenv(extension.CUDA_KERNELS_ENV, name)
+            assert extension.load().cuda_kernels() == name
+    finally:
+        compiled_extension.set_cuda_kernels("simple")
+
+
+def test_backward_checks_the_device_of_grad_output(compiled_extension) -> None:
+    # The kernels read grad_output through a raw pointer on the features' device: a grad_output
+    # elsewhere must be an error, not a read of another device's memory.
+    features, kernels = torch.zeros(1, 4, 3, 3), torch.zeros(1, 9, 6, 6)
+    with pytest.raises(RuntimeError, match="grad_output is on meta but features are on cpu"):
+        compiled_extension.backward(torch.zeros(1, 4, 6, 6, device="meta"), features, kernels, 3, 2, 1, False, False, False)
 
 
 def test_environment_variable_selects_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:

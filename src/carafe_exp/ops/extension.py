@@ -10,12 +10,16 @@ same sources shares one build. torch's ``load`` holds a file lock in the build d
 concurrent processes (pytest -n 2) build once.
 
 CUDA kernels are compiled only when CUDA is available or ``CARAFE_EXP_BUILD_CUDA=1``. Two
-sets exist (``csrc/carafe.h``): ``simple`` (the default) and ``tiled``;
-``CARAFE_EXP_CUDA_KERNELS=tiled`` or the module's ``set_cuda_kernels("tiled")`` selects the
-latter.
+sets exist (``csrc/carafe.h``): ``simple`` (the default until a GPU measures the others) and
+``tiled``; ``auto`` picks one per call and pass from the launch shape.
+``CARAFE_EXP_CUDA_KERNELS=tiled|auto`` or the module's ``set_cuda_kernels(...)`` selects them, and
+the module's ``plan(...)`` says what each pass of a call of a given shape would run on a GPU of a
+given number of multiprocessors (no GPU needed).
 
 :func:`build_emulation` builds a second, test-only extension: the CUDA kernels compiled as host
-code under the CUDA emulation (``csrc/emulation/``), which runs them on the CPU.
+code under the CUDA emulation (``csrc/emulation/``), which runs them on the CPU; with
+``sanitize=True``, under AddressSanitizer (float kernels only; loaded in a process that preloads
+libasan, see :func:`asan_runtime`).
 
 Build ahead of time (``make ext``)::
 
@@ -30,6 +34,7 @@ import logging
 import os
 import platform
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -46,7 +51,7 @@ logger = logging.getLogger(__name__)
 EXT_DIR_ENV = "CARAFE_EXP_EXT_DIR"
 BUILD_CUDA_ENV = "CARAFE_EXP_BUILD_CUDA"
 CUDA_KERNELS_ENV = "CARAFE_EXP_CUDA_KERNELS"
-CUDA_KERNELS = ("simple", "tiled")
+CUDA_KERNELS = ("simple", "tiled", "auto")
 
 # -fopenmp: at::parallel_for is inlined into the extension and only runs in parallel when
 # the extension itself is compiled with OpenMP (as ATen is). -ffp-contract=fast: fused
@@ -57,6 +62,17 @@ CUDA_FLAGS = ["-O3", "--expt-relaxed-constexpr"]
 # The emulation build: host code only, no -march=native (nothing in it is tuned), and no
 # strict aliasing, as the kernels' vector loads reinterpret tensor memory the way CUDA code does.
 EMULATION_FLAGS = ["-O2", "-DCARAFE_CUDA_EMULATION", "-fno-strict-aliasing"]
+# The AddressSanitizer build of the emulation: out-of-bounds reads of shared memory (its poisoned
+# canaries) and of tensors (libasan's red zones around torch's allocations) are reported. -O1
+# keeps it quick to build and run; float alone is enough for the test that uses it. Recoverable
+# (with ASAN_OPTIONS=halt_on_error=0) so that one process can show several bugs in turn.
+SANITIZER_FLAGS = [
+    "-O1",
+    "-fsanitize=address",
+    "-fsanitize-recover=address",
+    "-fno-omit-frame-pointer",
+    "-DCARAFE_EMULATION_FLOAT_ONLY",
+]
 # Compiled when no GPU is visible to pick the architecture from (a compile-only check, or a
 # build node without GPUs); sm_80 plus PTX runs on every GPU CUDA 13 supports from Ampere on.
 FALLBACK_CUDA_ARCH = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_80,code=compute_80"]
@@ -206,26 +222,46 @@ def build(with_cuda: bool | None = None, verbose: bool = False) -> ModuleType:
     return module
 
 
-def emulation_directory() -> Path:
+def emulation_directory(sanitize: bool = False) -> Path:
     """Where the CUDA emulation build of these sources is (or will be) built."""
-    digest = sources.sources_digest(f"{EMULATION_FLAGS}{sys.version}", names=sources.EMULATION_FILES)
-    return _cache_root() / f"{torch.__version__.replace('+', '_')}-emulation-{digest}"
+    flags = EMULATION_FLAGS + (SANITIZER_FLAGS if sanitize else [])
+    digest = sources.sources_digest(f"{flags}{sys.version}", names=sources.EMULATION_FILES)
+    kind = "emulation-asan" if sanitize else "emulation"
+    return _cache_root() / f"{torch.__version__.replace('+', '_')}-{kind}-{digest}"
 
 
-def build_emulation(verbose: bool = False) -> ModuleType:
+def asan_runtime() -> Path:
+    """The compiler's AddressSanitizer runtime, which a process must preload (LD_PRELOAD) to import
+    the ``sanitize=True`` emulation build; ExtensionBuildError when the compiler has none."""
+
+    compiler = os.environ.get("CXX", "c++")
+    try:
+        found = subprocess.run([compiler, "-print-file-name=libasan.so"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as error:
+        raise ExtensionBuildError(f"cannot ask {compiler} for its AddressSanitizer runtime: {error}") from error
+    path = Path(found.stdout.strip())
+    if not path.is_absolute() or not path.exists():
+        raise ExtensionBuildError(f"{compiler} has no AddressSanitizer runtime (libasan.so)")
+    return path.resolve()
+
+
+def build_emulation(verbose: bool = False, sanitize: bool = False) -> ModuleType:
     """Build (or reuse) and import the test-only CUDA emulation of the kernels (``csrc/emulation/``).
 
     Its ``forward``/``backward`` run the CUDA kernels and their dispatch, compiled unchanged as host
-    code, on CPU tensors. Raises ExtensionBuildError with the compiler's complaint when it fails.
+    code, on CPU tensors. ``sanitize=True`` builds it under AddressSanitizer (float kernels only); it
+    imports only in a process started with libasan preloaded (:func:`asan_runtime`). Raises
+    ExtensionBuildError with the compiler's complaint when it fails.
     """
     cpp_extension = _import_cpp_extension()
-    directory, staged = _prepare_directory(emulation_directory, sources.EMULATION_FILES)
+    directory, staged = _prepare_directory(lambda: emulation_directory(sanitize), sources.EMULATION_FILES)
     _use_packaged_ninja()
     try:
         module = cpp_extension.load(
-            name="carafe_exp_cuda_emulation",
+            name="carafe_exp_cuda_emulation_asan" if sanitize else "carafe_exp_cuda_emulation",
             sources=[str(staged / source) for source in sources.EMULATION_SOURCES],
-            extra_cflags=list(EMULATION_FLAGS),
+            extra_cflags=list(EMULATION_FLAGS) + (list(SANITIZER_FLAGS) if sanitize else []),
+            extra_ldflags=["-fsanitize=address"] if sanitize else None,
             extra_include_paths=[str(staged)],
             build_directory=str(directory),
             with_cuda=False,

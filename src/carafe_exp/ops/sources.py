@@ -31,6 +31,7 @@ CUDA_SOURCES = ("carafe_cuda.cu",)
 HEADERS = (
     "carafe.h",
     "carafe_geometry.h",
+    "carafe_plan_query.h",
     "carafe_tensor_geometry.h",
     "carafe_cpu_backward.h",
     "carafe_cpu_common.h",

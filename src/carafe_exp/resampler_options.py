@@ -30,9 +30,9 @@ RESAMPLER_GROUPS = {"upsampler": "carafe_exp.upsamplers", "downsampler": "carafe
 
 def _choices(override: Override) -> list[str]:
     if override.is_sweep_override():
-        if override.is_discrete_sweep():
-            return [str(value) for value in override.sweep_string_iterator()]
-        return []
+        sweep = override.value()
+        # The raw values: sweep_string_iterator() would escape the ':' of module:Class.
+        return [str(value) for value in getattr(sweep, "list", [])] if override.is_discrete_sweep() else []
     value = override.value()
     return [str(value)] if isinstance(value, str) else []
 

@@ -38,8 +38,9 @@ def check_first_output(module: nn.Module, kind: str, name: str, scale: int, site
         expected = expected_shape(kind, x, scale)
         if tuple(output.shape) != expected:
             rule = "(N, C, s·H, s·W)" if kind == "upsampler" else "(N, C, ⌈H/s⌉, ⌈W/s⌉)"
+            article = "an" if kind == "upsampler" else "a"
             raise ConfigError(f"{kind}={name}{where}: input {tuple(x.shape)} with scale {scale} gave output "
-                              f"{tuple(output.shape)}; a {kind} must return {rule} = {expected}")
+                              f"{tuple(output.shape)}; {article} {kind} must return {rule} = {expected}")
 
     handle = module.register_forward_hook(hook)
 

@@ -8,7 +8,8 @@ CARAFE op's kernel layout, so ``softmax`` + ``ops.carafe`` finish SAPA.
 The obvious PyTorch form unfolds the keys (d·k²·H·W) and broadcasts them over the s² sub-pixels,
 and autograd keeps that k²-times-larger copy for backward. :class:`NeighbourSimilarity` keeps only
 ``q`` and ``key`` and loops over the k² neighbours in both passes, each step a view of the padded
-key and one batched product, so the extra memory is one (N, d, s·H, s·W)-sized temporary.
+key and one batched product, so the extra memory is a channels-last copy of ``q`` (and of the
+keys) and the logits themselves.
 """
 
 from __future__ import annotations
@@ -20,51 +21,73 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 
-def _sub_pixel_view(q: torch.Tensor, scale: int) -> torch.Tensor:
-    """(N, d, sH, sW) → (N, d, H, s, W, s), a view."""
+def _queries_last(q: torch.Tensor, scale: int) -> torch.Tensor:
+    """(N, d, sH, sW) → (N, H, W, s², d): each low-res cell's s² queries as rows of a matrix."""
     n, d, sh, sw = q.shape
-    return q.view(n, d, sh // scale, scale, sw // scale, scale)
+    h, w = sh // scale, sw // scale
+    return q.reshape(n, d, h, scale, w, scale).permute(0, 2, 4, 3, 5, 1).reshape(n, h, w, scale * scale, d)
+
+
+def _padded_keys_last(key: torch.Tensor, r: int) -> torch.Tensor:
+    """Zero-padded keys, channels last: (N, H+2r, W+2r, d); neighbour (dy, dx) is a view of it."""
+    return F.pad(key, (r, r, r, r)).permute(0, 2, 3, 1)
 
 
 class NeighbourSimilarity(torch.autograd.Function):
-    """Autograd function behind :func:`neighbour_similarity` (saves only its two inputs)."""
+    """Autograd function behind :func:`neighbour_similarity` (saves only its two inputs).
+
+    Channels last, each low-res cell's s² queries form an (s², d) matrix and each neighbour's key
+    a (d, 1) column, so one batched matmul per neighbour gives all s² logits of that neighbour.
+    """
 
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, key: torch.Tensor, kernel_size: int, scale: int) -> torch.Tensor:
         n, _, height, width = key.shape
         r = kernel_size // 2
-        padded = F.pad(key, (r, r, r, r))
-        q6 = _sub_pixel_view(q.contiguous(), scale)
-        logits = q.new_empty(n, kernel_size * kernel_size, height, scale, width, scale)
+        queries = _queries_last(q, scale)
+        keys = _padded_keys_last(key, r)
+        taps = kernel_size * kernel_size
+        logits = q.new_empty(n, height, width, scale * scale, taps)
         for dy in range(kernel_size):
             for dx in range(kernel_size):
-                window = padded[:, :, dy:dy + height, dx:dx + width]
-                logits[:, dy * kernel_size + dx] = torch.einsum("ncyaxb,ncyx->nyaxb", q6, window)
+                window = keys[:, dy:dy + height, dx:dx + width].unsqueeze(-1)  # (N, H, W, d, 1)
+                logits[..., dy * kernel_size + dx] = torch.matmul(queries, window).squeeze(-1)
         ctx.save_for_backward(q, key)
         ctx.kernel_size, ctx.scale = kernel_size, scale
-        return logits.view(n, kernel_size * kernel_size, height * scale, width * scale)
+        # (N, H, W, a, b, k²) → (N, k², H·s, W·s): the CARAFE op's kernel layout.
+        logits = logits.view(n, height, width, scale, scale, taps).permute(0, 5, 1, 3, 2, 4)
+        return logits.reshape(n, taps, height * scale, width * scale)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
         q, key = ctx.saved_tensors
         kernel_size, scale = ctx.kernel_size, ctx.scale
-        n, _, height, width = key.shape
+        n, d, height, width = key.shape
         r = kernel_size // 2
-        padded = F.pad(key, (r, r, r, r))
-        q6 = _sub_pixel_view(q.contiguous(), scale)
-        grad6 = grad.contiguous().view(n, kernel_size * kernel_size, height, scale, width, scale)
-        grad_q = torch.zeros_like(q6) if ctx.needs_input_grad[0] else None
-        grad_padded = torch.zeros_like(padded) if ctx.needs_input_grad[1] else None
+        taps = kernel_size * kernel_size
+        queries = _queries_last(q, scale)
+        keys = _padded_keys_last(key, r)
+        # (N, k², H·s, W·s) → (N, H, W, s², k²), matching the forward's logits.
+        grads = grad.reshape(n, taps, height, scale, width, scale).permute(0, 2, 4, 3, 5, 1)
+        grads = grads.reshape(n, height, width, scale * scale, taps)
+        grad_queries = torch.zeros_like(queries) if ctx.needs_input_grad[0] else None
+        grad_keys = q.new_zeros(n, height + 2 * r, width + 2 * r, d) if ctx.needs_input_grad[1] else None
         for dy in range(kernel_size):
             for dx in range(kernel_size):
-                g = grad6[:, dy * kernel_size + dx]
-                if grad_q is not None:
-                    grad_q += torch.einsum("nyaxb,ncyx->ncyaxb", g, padded[:, :, dy:dy + height, dx:dx + width])
-                if grad_padded is not None:
-                    grad_padded[:, :, dy:dy + height, dx:dx + width] += torch.einsum("nyaxb,ncyaxb->ncyx", g, q6)
-        grad_key = None if grad_padded is None else grad_padded[:, :, r:r + height, r:r + width].contiguous()
-        return (None if grad_q is None else grad_q.view_as(q)), grad_key, None, None
+                g = grads[..., dy * kernel_size + dx].unsqueeze(-1)  # (N, H, W, s², 1)
+                if grad_queries is not None:
+                    window = keys[:, dy:dy + height, dx:dx + width].unsqueeze(-2)  # (N, H, W, 1, d)
+                    grad_queries.addcmul_(g, window)
+                if grad_keys is not None:
+                    grad_keys[:, dy:dy + height, dx:dx + width] += torch.matmul(g.transpose(-1, -2), queries).squeeze(-2)
+        grad_q = grad_key = None
+        if grad_queries is not None:
+            grad_q = grad_queries.view(n, height, width, scale, scale, d).permute(0, 5, 1, 3, 2, 4)
+            grad_q = grad_q.reshape(n, d, height * scale, width * scale)
+        if grad_keys is not None:
+            grad_key = grad_keys[:, r:r + height, r:r + width].permute(0, 3, 1, 2).contiguous()
+        return grad_q, grad_key, None, None
 
 
 def neighbour_similarity(q: torch.Tensor, key: torch.Tensor, kernel_size: int, scale: int) -> torch.Tensor:

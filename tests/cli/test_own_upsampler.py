@@ -92,7 +92,7 @@ def test_readme_own_upsampler_gives_table2_with_an_extra_row(tmp_path: Path, cli
     assert USER_CLASS in text and "not in the paper" in text
 
     assert complexity_command[:3] == ["PYTHONPATH=$PWD", "python", "-m"]
-    complexity_main(complexity_command[5:])
+    complexity_main(complexity_command[4:])
     assert re.search(re.escape(USER_CLASS) + r".*4,720,640.*590,080", capsys.readouterr().out)
 
 

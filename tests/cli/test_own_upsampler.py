@@ -132,3 +132,12 @@ def test_beyond_detection_experiment_with_an_installed_entry_point(tmp_path: Pat
     assert rows["FreqFusion"]["status"] == "missing" and rows["FreqFusion"]["values"]["bbox/AP"]["paper"] == 39.4
     assert rows["my_up"]["extra"] and rows["my_up"]["status"] == "completed"
     assert any("Linwei-Chen/FreqFusion README" in note for note in table["notes"])
+
+
+def test_a_yaml_in_the_users_config_directory(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """``upsampler/my_up.yaml`` in a directory given by ``hydra.searchpath`` names the class and its parameters."""
+    (tmp_path / "conf" / "upsampler").mkdir(parents=True)
+    (tmp_path / "conf" / "upsampler" / "my_up.yaml").write_text(f"name: {USER_CLASS}\nmix: 0.5\n")
+    result = run_cli([f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "upsampler=my_up", "--cfg", "job",
+                      "--package", "upsampler"], cli_env)
+    assert f"name: {USER_CLASS}" in result.stdout and "mix: 0.5" in result.stdout

@@ -24,14 +24,14 @@ TINY_SEGMENTATION = ["model.backbone.depth=18", "model.backbone.weights=null", "
 def test_upernet_with_sapa_beside_the_published_numbers(tmp_path: Path, cli_env: dict[str, str],
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     sweep = tmp_path / "sweep"
-    run_cli(["-m", "experiment=beyond/upernet_upsamplers", "upsampler=sapa", *TINY_SEGMENTATION,
+    run_cli(["-m", "experiment=beyond/upernet", "upsampler=sapa", *TINY_SEGMENTATION,
              f"hydra.sweep.dir={sweep}"], cli_env, timeout=900)
     record = json.loads(next(sweep.glob("*/metrics.json")).read_text())
     assert record["status"] == "completed" and 0 <= record["metrics"]["mIoU"] <= 100
     assert record["config"]["model"]["sites"] == {"ppm": False, "fpn": True, "fuse": False, "backbone": False}
     assert tables_main([str(sweep), "--format", "json"]) == 0
     table = json.loads(capsys.readouterr().out)
-    assert table["table"] == "beyond/upernet_upsamplers"
+    assert table["table"] == "beyond/upernet"
     rows = {row["label"]: row for row in table["rows"]}
     assert rows["SAPA-B"]["status"] == "completed" and rows["SAPA-B"]["values"]["mIoU"]["paper"] == 41.47
     assert rows["FADE"]["status"] == "missing" and rows["FADE"]["values"]["mIoU"]["paper"] == 41.83

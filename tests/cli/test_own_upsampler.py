@@ -119,12 +119,12 @@ def test_beyond_detection_experiment_with_an_installed_entry_point(tmp_path: Pat
     site = tmp_path / "site"
     write_distribution(site)
     sweep = tmp_path / "sweep"
-    run_cli(["-m", "experiment=beyond/faster_rcnn_upsamplers", "upsampler=fade,my_up", *TINY_DETECTION,
+    run_cli(["-m", "experiment=beyond/faster_rcnn", "upsampler=fade,my_up", *TINY_DETECTION,
              f"hydra.sweep.dir={sweep}"], with_path(cli_env, site), timeout=900)
     monkeypatch.syspath_prepend(str(site))
     assert tables_main([str(sweep), "--format", "json"]) == 0
     table = json.loads(capsys.readouterr().out)
-    assert table["table"] == "beyond/faster_rcnn_upsamplers" and table["name"].startswith("Beyond the papers")
+    assert table["table"] == "beyond/faster_rcnn" and table["name"].startswith("Beyond the papers")
     rows = {row["label"]: row for row in table["rows"]}
     fade = rows["FADE"]["values"]["bbox/AP"]
     assert rows["FADE"]["status"] == "completed" and fade["paper"] == 38.5  # tiny-smart/sapa README

@@ -85,7 +85,7 @@ class PaperTable:
     def name(self) -> str:
         """``CARAFE Table 2`` / ``CARAFE++ Table III`` / ``Beyond the papers B1`` (not a CARAFE table)."""
         if self.paper == "beyond":
-            return f"Beyond the papers {self.number} (not a CARAFE table)"
+            return f"Beyond the papers {self.number}"
         return f"{'CARAFE++' if self.paper == 'carafe_pp' else 'CARAFE'} Table {self.number}"
 
     @property

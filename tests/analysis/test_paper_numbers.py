@@ -99,7 +99,7 @@ def test_table2_complexity_columns_feed_the_complexity_report() -> None:
     assert len(TABLE2) == 9
 
 
-@pytest.mark.parametrize("table_id", CARAFE_IDS + CARAFE_PP_IDS)
+@pytest.mark.parametrize("table_id", CARAFE_IDS + CARAFE_PP_IDS + BEYOND_IDS)
 def test_experiment_sweeps_exactly_the_papers_rows(table_id: str) -> None:
     """``carafe-exp -m experiment=<table>`` runs one job per row of the paper, no more, no less."""
     table = paper_table(table_id)

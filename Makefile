@@ -34,6 +34,7 @@ bench: bench-op bench-models
 
 bench-op: venv
 	$(PY) scripts/bench_op.py
+	$(PY) scripts/bench_upsamplers.py
 
 bench-models: venv
 	$(PY) scripts/bench_models.py --threads 1

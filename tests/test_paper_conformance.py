@@ -158,7 +158,8 @@ def test_every_detection_experiment_uses_the_mmdet_v1_setting() -> None:
     experiments = sorted(p.relative_to(config_dir() / "experiment").with_suffix("").as_posix()
                          for p in (config_dir() / "experiment").rglob("*.yaml"))
     detection = 0
-    for experiment in experiments:
+    # beyond/ is not a table of the papers: it follows the newer upsamplers' own FPN (README Fidelity).
+    for experiment in (e for e in experiments if not e.startswith("beyond/")):
         cfg = _compose([f"experiment={experiment}"])
         if cfg.task.name != "detection":
             continue

@@ -36,6 +36,7 @@ from carafe_exp.allocator import configure_cpu_allocator
 from carafe_exp.errors import UserInputError
 from carafe_exp.sweeps.override_quoting import quote_path_overrides
 from carafe_exp.paths import config_dir
+from carafe_exp.resampler_options import register_resampler_options
 from carafe_exp.runs.preflight import check_config
 from carafe_exp.runs.record import STATUS_FAILED, build_record, write_record
 from carafe_exp.sweeps.dirname import SWEPT_KEYS_ENV, short_dirname, swept_keys_of
@@ -165,6 +166,8 @@ def main() -> None:
     if any(token in ("-m", "--multirun") for token in argv):
         os.environ[SWEPT_KEYS_ENV] = ",".join(swept_keys_of([argv[i] for i in saved_runs.override_positions(argv)]))
     _quiet_third_party_noise()
+    # upsampler=my_pkg.mod:MyUp and installed entry points are config-group options without a YAML.
+    register_resampler_options(argv)
     _hydra_entry()
     outcome = sweep_report.last_outcome()
     if outcome is not None and outcome.failed:

@@ -16,12 +16,14 @@ from carafe_exp.analysis.paper_numbers import TABLE2, paper_table, paper_tables
 
 CARAFE_IDS = [f"carafe/table{n}" for n in range(1, 11)]
 CARAFE_PP_IDS = [f"carafe_pp/table{n}" for n in range(1, 15)]
+BEYOND_IDS = ["beyond/faster_rcnn", "beyond/upernet"]
 ROMAN = "I II III IV V VI VII VIII IX X XI XII XIII XIV".split()
 
 
 def test_all_24_tables_with_their_printed_numbers() -> None:
     tables = paper_tables()
-    assert list(tables) == CARAFE_IDS + CARAFE_PP_IDS
+    # Then the comparisons beyond the papers (published numbers of newer upsamplers), named so.
+    assert list(tables) == CARAFE_IDS + CARAFE_PP_IDS + BEYOND_IDS
     assert [tables[i].number for i in CARAFE_PP_IDS] == ROMAN
     for table in tables.values():
         assert table.rows and table.title and table.needs
@@ -97,7 +99,7 @@ def test_table2_complexity_columns_feed_the_complexity_report() -> None:
     assert len(TABLE2) == 9
 
 
-@pytest.mark.parametrize("table_id", CARAFE_IDS + CARAFE_PP_IDS)
+@pytest.mark.parametrize("table_id", CARAFE_IDS + CARAFE_PP_IDS + BEYOND_IDS)
 def test_experiment_sweeps_exactly_the_papers_rows(table_id: str) -> None:
     """``carafe-exp -m experiment=<table>`` runs one job per row of the paper, no more, no less."""
     table = paper_table(table_id)
@@ -105,3 +107,19 @@ def test_experiment_sweeps_exactly_the_papers_rows(table_id: str) -> None:
     rows = [tuple(sorted((k, repr(v)) for k, v in row.job.items())) for row in table.run_rows]
     assert Counter(jobs) == Counter(rows)
     assert len(jobs) == len(rows) == len(set(rows))
+
+
+@pytest.mark.parametrize("table_id, label, column, value", [
+    ("beyond/faster_rcnn", "FreqFusion", "bbox/AP", 39.4),   # Linwei-Chen/FreqFusion README
+    ("beyond/faster_rcnn", "SAPA-B", "bbox/AP", 37.8),       # poppinace/sapa README
+    ("beyond/faster_rcnn", "DySample+", "bbox/AP", 38.7),    # tiny-smart/dysample README
+    ("beyond/faster_rcnn", "FADE", "bbox/AP", 38.5),         # tiny-smart/sapa README
+    ("beyond/upernet", "FADE", "mIoU", 41.83),               # tiny-smart/sapa README
+    ("beyond/upernet", "SAPA-B", "mIoU", 41.47),             # tiny-smart/sapa README
+])
+def test_beyond_tables_quote_the_published_numbers_with_their_source(table_id: str, label: str, column: str,
+                                                                     value: float) -> None:
+    table = paper_table(table_id)
+    row = {row.label: row for row in table.rows}[label]
+    assert row.value(column) == value and row.source
+    assert table.name.startswith("Beyond the papers") and table.notes[0].startswith("Not a table of the CARAFE papers")

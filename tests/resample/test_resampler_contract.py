@@ -7,12 +7,15 @@ import torch
 
 from carafe_exp.errors import ConfigError
 from carafe_exp.resample import DOWNSAMPLERS, UPSAMPLERS, build_downsampler, build_upsampler
+from carafe_exp.resample.guided import requires_guide
 
 CHANNELS = 16
 ODD_SIZES = [(5, 7), (3, 1)]
 
 # Non-default settings that exercise other code paths of the same resampler.
-UPSAMPLER_VARIANTS = [(name, {}) for name in sorted(UPSAMPLERS)] + [
+# Guided upsamplers (FADE, SAPA, FreqFusion) are ×2 with a guide only: tests/resample/test_guided_upsamplers.py.
+GUIDED = sorted(name for name, cls in UPSAMPLERS.items() if requires_guide(cls))
+UPSAMPLER_VARIANTS = [(name, {}) for name in sorted(UPSAMPLERS) if name not in GUIDED] + [
     ("carafe", {"groups": 2, "normalizer": "sigmoid", "k_up": 3, "k_encoder": 1}),
     ("carafe", {"c_m": None, "normalizer": "sigmoid_norm"}),
     ("carafe", {"compressor_norm": True, "k_up": 7}),
@@ -73,7 +76,8 @@ def test_downsampler_returns_ceil_size_and_finite_gradients(variant: tuple[str, 
 def test_scale_one_is_identity_sized() -> None:
     x = torch.randn(1, CHANNELS, 5, 6)
     for name in UPSAMPLERS:
-        assert build_upsampler(name, CHANNELS, 1)(x).shape == x.shape, name
+        if name not in GUIDED:
+            assert build_upsampler(name, CHANNELS, 1)(x).shape == x.shape, name
     for name in DOWNSAMPLERS:
         assert build_downsampler(name, CHANNELS, 1)(x).shape == x.shape, name
 
@@ -121,3 +125,16 @@ def test_downsamplers_fit_the_resnet_backbone_sites(name: str) -> None:
             out = module(x)
             assert out.shape == (2, channels, -(-size // 2), -(-size // 2))
             assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", GUIDED)
+def test_guided_upsampler_returns_doubled_size_and_finite_gradients(name: str) -> None:
+    module = build_upsampler(name, CHANNELS, 2, guide_available=True)
+    for height, width in ODD_SIZES:
+        x = torch.randn(2, CHANNELS, height, width, requires_grad=True)
+        guide = torch.randn(2, CHANNELS, 2 * height, 2 * width)
+        module.zero_grad()
+        out = module(x, guide=guide)
+        assert out.shape == (2, CHANNELS, 2 * height, 2 * width)
+        assert torch.isfinite(out).all()
+        _check_gradients(module, x, out)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -31,7 +32,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from carafe_exp.analysis.paper_numbers import TABLE2, TABLE2_CHANNELS, TABLE2_SCALE
+from carafe_exp.errors import UserInputError
 from carafe_exp.resample import DOWNSAMPLERS, UPSAMPLERS, build_downsampler, build_upsampler
+from carafe_exp.resample.guided import requires_guide
 
 aten = torch.ops.aten
 logger = logging.getLogger(__name__)
@@ -143,13 +146,20 @@ def model_cost(model: nn.Module, example_inputs: Any, *, eval_mode: bool = True)
 def _probe(module: nn.Module, channels: int, height: int, width: int) -> int:
     probe = torch.randn(1, channels, height, width)
     module.eval()
+    if requires_guide(module):
+        # A guided upsampler (×2 only) also reads the high-res guide, here as wide as the input.
+        return count_flops(module, probe, torch.randn(1, channels, 2 * height, 2 * width))
     return count_flops(module, probe)
 
 
 def upsampler_cost(name: str | Mapping[str, Any], channels: int = 256, scale: int = 2,
                    **overrides: Any) -> dict[str, float]:
-    """FLOPs per input pixel and params of the upsampler ``name`` (or config mapping) at ``channels``, ``scale``."""
-    module = build_upsampler(name, channels, scale, **overrides)
+    """FLOPs per input pixel and params of the upsampler ``name`` (or config mapping) at ``channels``, ``scale``.
+
+    ``name`` may be a registry key, ``module:Class`` or an installed entry point; a guided
+    upsampler is measured with a guide of ``channels`` channels.
+    """
+    module = build_upsampler(name, channels, scale, guide_available=True, **overrides)
     flops = _probe(module, channels, _PROBE_SIZE, _PROBE_SIZE)
     return {"flops": flops / _PROBE_SIZE**2, "params": count_params(module)}
 
@@ -190,14 +200,16 @@ def format_count(value: float) -> str:
     return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
 
 
-def table2_rows(channels: int = TABLE2_CHANNELS, scale: int = TABLE2_SCALE) -> list[dict[str, Any]]:
-    """Our cost of every Table 2 upsampler (plus the zoo's extra upsamplers) beside the paper's numbers."""
+def table2_rows(channels: int = TABLE2_CHANNELS, scale: int = TABLE2_SCALE,
+                extra: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Our cost of every Table 2 upsampler (plus the zoo's and the ``extra`` named ones) beside the paper's numbers."""
     rows = []
     for entry in TABLE2:
         cost = upsampler_cost(entry.registry_key, channels, scale)
         rows.append({"label": entry.label, "key": entry.registry_key, "flops": cost["flops"],
                      "params": cost["params"], "paper_flops": entry.flops, "paper_params": entry.params})
-    for key in sorted(set(UPSAMPLERS) - {e.registry_key for e in TABLE2}):
+    others = sorted(set(UPSAMPLERS) - {e.registry_key for e in TABLE2})
+    for key in others + [name for name in extra if name not in others]:
         cost = upsampler_cost(key, channels, scale)
         rows.append({"label": key, "key": key, "flops": cost["flops"], "params": cost["params"],
                      "paper_flops": None, "paper_params": None})
@@ -231,7 +243,7 @@ def carafe_ablation_rows(channels: int = TABLE2_CHANNELS, scale: int = TABLE2_SC
     return rows
 
 
-def _print_tables(channels: int, scale: int) -> None:
+def _print_tables(channels: int, scale: int, extra: Sequence[str] = ()) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -251,7 +263,7 @@ def _print_tables(channels: int, scale: int) -> None:
     up = new_table(f"CARAFE Table 2: upsamplers at C={channels}, ×{scale} (FLOPs per input pixel)",
                    ("method", "key", "FLOPs ours", "FLOPs paper", "match", "Params ours", "Params paper", "match"))
     comparable = (channels, scale) == (TABLE2_CHANNELS, TABLE2_SCALE)
-    for row in table2_rows(channels, scale):
+    for row in table2_rows(channels, scale, extra):
         if not comparable:  # the paper's numbers are for C=256, ×2 only
             row["paper_flops"] = row["paper_params"] = None
         up.add_row(row["label"], row["key"], format_count(row["flops"]), row["paper_flops"] or "—",
@@ -282,8 +294,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--channels", type=int, default=TABLE2_CHANNELS, help="feature channels C (paper: 256)")
     parser.add_argument("--scale", type=int, default=TABLE2_SCALE, help="resampling factor s (paper: 2)")
+    parser.add_argument("--upsampler", action="append", default=[], metavar="NAME",
+                        help="also measure this upsampler: module:Class or an installed entry-point name (repeatable)")
     options = parser.parse_args(argv)
-    _print_tables(options.channels, options.scale)
+    try:
+        _print_tables(options.channels, options.scale, options.upsampler)
+    except UserInputError as error:
+        print(f"complexity: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
 
 
 if __name__ == "__main__":

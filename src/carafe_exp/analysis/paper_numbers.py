@@ -83,7 +83,9 @@ class PaperTable:
 
     @property
     def name(self) -> str:
-        """``CARAFE Table 2`` / ``CARAFE++ Table III``."""
+        """``CARAFE Table 2`` / ``CARAFE++ Table III`` / ``Beyond the papers B1`` (not a CARAFE table)."""
+        if self.paper == "beyond":
+            return f"Beyond the papers {self.number}"
         return f"{'CARAFE++' if self.paper == 'carafe_pp' else 'CARAFE'} Table {self.number}"
 
     @property

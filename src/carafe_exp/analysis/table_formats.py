@@ -100,7 +100,9 @@ def table_grid(result: TableResult) -> Grid:
             names = [n if (n is not None and ("/" in n or group_index == 0)) else None for n in names]
             if multi and all(row_result.paper(n) is None and row_result.ours.get(n) is None for n in names if n):
                 continue  # a group the row does not have (no mask AP for Faster R-CNN)
-            kinds = ("paper",) if row_result.status == REFERENCE else ("ours", "paper", "Δ")
+            # An extra row (a resampler the paper does not have) has no paper line to compare with.
+            kinds = ("paper",) if row_result.status == REFERENCE else ("ours",) if row_result.extra \
+                else ("ours", "paper", "Δ")
             for kind in kinds:
                 prefix = [label if first else ""] + ([GROUP_NAMES.get(group, group) if kind == kinds[0] else ""]
                                                      if multi else [])
@@ -220,7 +222,7 @@ def table_json(result: TableResult) -> dict[str, Any]:
         "title": table.title, "columns": list(result.columns),
         "rows": [{
             "label": r.row.label, "key": r.row.key, "status": r.status, "reference": r.row.reference,
-            "certain": r.row.certain, "evidence": r.row.evidence,
+            "certain": r.row.certain, "evidence": r.row.evidence, "extra": r.extra,
             "values": {c: {"ours": _number(r.ours.get(c)), "paper": _number(r.paper(c)), "delta": _number(r.delta(c))}
                        for c in result.columns},
             "runs": [str(run.run_dir) for run in r.runs], "notes": list(r.notes),

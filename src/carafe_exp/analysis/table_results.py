@@ -3,7 +3,10 @@
 A run counts as a row when it shares the row's whole setting (the task, the model's builder,
 sites, depth and DCN, the upsampler and downsampler, and every key the table's rows set
 differently: see :mod:`carafe_exp.analysis.experiment_jobs`). A run that matches no row is
-listed as not belonging to the table, with the first setting that differs. Every row of the
+listed as not belonging to the table, with the first setting that differs — except a run with
+the table's whole setting and a resampler none of the rows has (a user's ``module:Class``, an
+entry point, a newer built-in): it is an extra row below the paper's, labelled by its name,
+with no paper numbers. Every row of the
 paper is kept: a row without a run is a ``missing`` hole, a row whose runs failed a ``failed``
 hole with the run's error, and a test-dev run (no public annotations) a ``server`` hole
 pointing at the results file for the COCO evaluation server.
@@ -21,7 +24,7 @@ from carafe_exp.analysis.experiment_jobs import RowSetting, flatten, identity_ke
 from carafe_exp.analysis.paper_numbers import COMPLEXITY_COLUMNS, TABLE2_CHANNELS, TABLE2_SCALE, PaperRow, PaperTable
 from carafe_exp.analysis.run_records import COMPLETED, FAILED, RunRecord
 from carafe_exp.analysis.table_setting import difference_notes
-from carafe_exp.errors import ConfigError
+from carafe_exp.errors import ConfigError, UserInputError
 
 MISSING, REFERENCE, SERVER = "missing", "reference", "server"
 # Differences from the paper's setting listed under a table, at most.
@@ -38,6 +41,8 @@ class RowResult:
     ours: dict[str, float | str | None] = field(default_factory=dict)
     runs: list[RunRecord] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Not a row of the paper: our run of the table's setting with a resampler the paper does not have.
+    extra: bool = False
 
     def paper(self, column: str) -> float | str | None:
         return self.row.value(column)
@@ -80,6 +85,11 @@ class TableResult:
         for result in self.rows:
             if result.row.certain is False:
                 notes.append(f"Row {result.row.label!r} is inferred: {result.row.evidence}.")
+            if result.extra:
+                notes.append(f"Row {result.row.label!r} is not in the paper: the table's setting with "
+                             f"{', '.join(result.row.job_overrides())}.")
+            elif result.row.source and not result.row.reference:
+                notes.append(f"Row {result.row.label!r}: published number from {result.row.source}.")
             for note in result.notes:
                 notes.append(f"Row {result.row.label!r}: {note}")
         if self.machine_notes:
@@ -183,6 +193,48 @@ def _outsider_reason(run_flat: Mapping[str, Any], settings: Mapping[str, RowSett
     return f"matches no row; closest is {best.label!r}, which differs in {shown}"
 
 
+RESAMPLER_KINDS = ("upsampler", "downsampler")
+
+
+def _extra_resampler(run_flat: Mapping[str, Any], settings: Mapping[str, RowSetting], keys: set[str]) -> str | None:
+    """``upsampler=<name>`` when the run has a row's whole setting but a resampler no row has, else None."""
+    for kind in RESAMPLER_KINDS:
+        name = run_flat.get(f"{kind}.name")
+        if name is None or any(s.values.get(f"{kind}.name") == name for s in settings.values()):
+            continue
+        for setting in settings.values():
+            differs = _mismatches(run_flat, setting, keys)
+            if differs and all(key.startswith(f"{kind}.") for key in differs):
+                return f"{kind}={name}"
+    return None
+
+
+def _extra_rows(extras: Mapping[str, list[RunRecord]], columns: Sequence[str]) -> list[RowResult]:
+    results = []
+    for override, runs in extras.items():
+        kind, _, name = override.partition("=")
+        row = PaperRow(label=name, values={}, job={kind: name})
+        result = _row_result(row, runs, columns)
+        result.extra = True
+        config = next((r.config for r in runs if r.config), {})
+        for column in columns:
+            if column in COMPLEXITY_COLUMNS and kind == "upsampler" and isinstance(config.get(kind), Mapping):
+                try:
+                    cost = _resampler_cost(dict(config[kind]))
+                except (UserInputError, ImportError) as error:  # the user's class is not importable here
+                    result.notes.append(f"{column} not measured: {error}")
+                    continue
+                result.ours[column] = f"{cost['flops' if column == 'FLOPs' else 'params']:,.0f}"
+        results.append(result)
+    return results
+
+
+def _resampler_cost(spec: dict[str, Any]) -> dict[str, float]:
+    from carafe_exp.analysis.complexity import upsampler_cost
+
+    return upsampler_cost(spec, TABLE2_CHANNELS, TABLE2_SCALE)
+
+
 def _test_dev_results(run: RunRecord) -> list[Path]:
     return sorted((run.run_dir / "test-dev").glob("*.zip"))
 
@@ -207,6 +259,7 @@ def assemble_table(table: PaperTable, records: Sequence[RunRecord], columns: Seq
     keys = identity_keys(list(settings.values()))
     placed: dict[str, list[RunRecord]] = {row.key: [] for row in run_rows}
     outsiders: list[tuple[RunRecord, str]] = []
+    extras: dict[str, list[RunRecord]] = {}
     differences: dict[str, tuple[Any, set[str], int]] = {}
     sample_data = 0
     for run in records:
@@ -219,6 +272,10 @@ def assemble_table(table: PaperTable, records: Sequence[RunRecord], columns: Seq
             matched = [row for row in run_rows if _job_matches(run, row)]
         else:
             matched = [row for row in run_rows if not _mismatches(run_flat, settings[row.key], keys)]
+        extra = None if matched or not run_flat else _extra_resampler(run_flat, settings, keys)
+        if extra is not None:
+            extras.setdefault(extra, []).append(run)
+            continue
         if not matched:
             reason = (_outsider_reason(run_flat, settings, keys, run_rows) if run_flat
                       else "its record has no config and its overrides match no row")
@@ -249,6 +306,7 @@ def assemble_table(table: PaperTable, records: Sequence[RunRecord], columns: Seq
                 result.ours[column] = _complexity(settings[row.key], column, paper_text if isinstance(
                     paper_text, str) else None)
         results.append(result)
+    results += _extra_rows(extras, columns)
 
     notes = [f"{key} {', '.join(sorted(seen))} in {count} run{'s' if count > 1 else ''} (paper's setting: "
              f"{_describe(expected)})" for key, (expected, seen, count) in sorted(differences.items())]

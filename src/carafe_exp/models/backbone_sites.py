@@ -94,8 +94,9 @@ def _resample_block(block: nn.Module, downsampler: str | Mapping[str, Any]) -> l
     # Before the downsamplers join: their own strided convs (CARAFE++'s encoder) keep their stride.
     remove_stride(block)
     block.__class__ = cls  # same parameters, only the forward changes
-    block.add_module("resample_main", build_downsampler(downsampler, main_channels, 2))
-    block.add_module("resample_shortcut", build_downsampler(downsampler, shortcut_channels, 2))
+    site = "model.sites.backbone (a ResNet block's stride)"
+    block.add_module("resample_main", build_downsampler(downsampler, main_channels, 2, site=site))
+    block.add_module("resample_shortcut", build_downsampler(downsampler, shortcut_channels, 2, site=site))
     return ["resample_main", "resample_shortcut"]
 
 
@@ -111,7 +112,8 @@ def replace_backbone_downsampling(resnet: ResNet, downsampler: str | Mapping[str
     if name == ORIGINAL_DOWNSAMPLER:
         return []
     replaced = ["maxpool"]
-    resnet.maxpool = build_downsampler(downsampler, stem_channels(resnet), 2)
+    resnet.maxpool = build_downsampler(downsampler, stem_channels(resnet), 2,
+                                       site="model.sites.backbone (ResNet's stem max-pool)")
     for layer_name in DOWNSAMPLED_LAYERS:
         first = getattr(resnet, layer_name)[0]
         if name == LIP_NAME and uses_lip_resnet_blocks(first, downsampler):

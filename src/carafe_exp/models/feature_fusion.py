@@ -32,7 +32,8 @@ class FeatureFusion(nn.Module):
         self.num_levels = num_levels
         # upsamplers[i] takes the running concatenation of levels i+1.. (its width: (L-1-i)·C) to level i.
         self.upsamplers = None if upsampler is None else nn.ModuleList(
-            build_upsampler(upsampler, (num_levels - 1 - i) * channels, 2) for i in range(num_levels - 1))
+            build_upsampler(upsampler, (num_levels - 1 - i) * channels, 2, site="model.sites.fuse (UperNet FUSE)")
+            for i in range(num_levels - 1))
 
     @property
     def out_channels_factor(self) -> int:

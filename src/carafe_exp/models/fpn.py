@@ -33,6 +33,7 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxP
 
 from carafe_exp.errors import ConfigError
 from carafe_exp.resample import build_upsampler
+from carafe_exp.resample.guided import upsample_with_guide
 from carafe_exp.resample.weight_init import xavier_uniform_init
 
 FPN_STYLES = ("fpn_carafe", "torchvision")
@@ -73,7 +74,11 @@ class ResampledFPN(FeaturePyramidNetwork):
                          norm_layer=norm_layer)
         self.p6_in_top_down = p6_in_top_down
         steps = len(in_channels_list) - 1 + (1 if p6_in_top_down else 0)
-        self.upsamplers = nn.ModuleList(build_upsampler(upsampler, out_channels, 2) for _ in range(steps))
+        # A guided upsampler (FADE, SAPA, FreqFusion) gets the target level's lateral as its guide.
+        self.upsamplers = nn.ModuleList(
+            build_upsampler(upsampler, out_channels, 2, guide_available=True,
+                            site=f"model.sites.fpn (FPN top-down step P{i + 3}→P{i + 2})")
+            for i in range(steps))
         if p6_in_top_down:
             # mmdetection FPN_CARAFE: extra lateral = 3x3 s2 conv on C5, extra output = 3x3 conv.
             self.p6_lateral = nn.Conv2d(in_channels_list[-1], out_channels, 3, stride=2, padding=1)
@@ -107,9 +112,10 @@ class ResampledFPN(FeaturePyramidNetwork):
         laterals = [self.get_result_from_inner_blocks(f, i) for i, f in enumerate(feats)]
         if self.p6_in_top_down:
             laterals.append(self.p6_lateral(feats[-1]))
-        # Top-down: upsamplers[i] takes the running top-down map of level i+1 to level i.
+        # Top-down: upsamplers[i] takes the running top-down map of level i+1 to level i; a guided
+        # one also sees level i's lateral before the add (the official FPN wiring of FADE/SAPA).
         for i in range(len(laterals) - 2, -1, -1):
-            up = self.upsamplers[i](laterals[i + 1])
+            up = upsample_with_guide(self.upsamplers[i], laterals[i + 1], laterals[i])
             laterals[i] = laterals[i] + _match_size(up, laterals[i].shape[-2:])
 
         results = [self.get_result_from_layer_blocks(laterals[i], i) for i in range(num_levels)]

@@ -116,7 +116,8 @@ class UpsampleSite(nn.Module):
             init_generation_normal(self.norm)
             self.out_channels = out_channels
         else:
-            self.upsample = build_upsampler(upsampler, in_channels, 2)  # type: ignore[arg-type]
+            self.upsample = build_upsampler(upsampler, in_channels, 2,  # type: ignore[arg-type]
+                                            site="the inpainting generator's decoder")
             self.out_channels = in_channels
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -145,7 +146,8 @@ class StridedSite(nn.Module):
         name = ORIGINAL_DOWNSAMPLER if downsampler is None else split_spec(downsampler)[0]
         self.downsample: nn.Module | None = None
         if name != ORIGINAL_DOWNSAMPLER:
-            self.downsample = build_downsampler(downsampler, in_channels, 2)  # type: ignore[arg-type]
+            self.downsample = build_downsampler(downsampler, in_channels, 2,  # type: ignore[arg-type]
+                                                site="the inpainting generator's encoder")
         self.block = ConvBlock(in_channels, out_channels, 3, stride=1 if self.downsample is not None else 2,
                                partial=partial)
 

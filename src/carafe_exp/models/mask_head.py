@@ -58,7 +58,7 @@ class ResampledMaskPredictor(nn.Sequential):
             upsample: nn.Module = mask_rcnn_deconv(in_channels, int(params.get("kernel_size",
                                                                                 MASK_RCNN_DECONV_KERNEL)))
         else:
-            upsample = build_upsampler(upsampler, in_channels, 2)
+            upsample = build_upsampler(upsampler, in_channels, 2, site="model.sites.mask_head (Mask R-CNN mask head)")
         logits = _kaiming_fan_out(nn.Conv2d(in_channels, num_classes, 1, 1, 0))
         super().__init__(OrderedDict([
             ("conv5_mask", upsample),

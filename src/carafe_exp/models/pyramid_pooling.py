@@ -40,7 +40,8 @@ class PyramidPooling(nn.Module):
         self.convs = nn.ModuleList(ConvBNReLU(in_channels, channels, 1) for _ in self.pool_scales)
         upsampled_channels = channels if self.conv_first else in_channels
         self.upsamplers = None if upsampler is None else nn.ModuleList(
-            build_upsampler(upsampler, upsampled_channels, 2) for _ in self.pool_scales)
+            build_upsampler(upsampler, upsampled_channels, 2, site="model.sites.ppm (UperNet PPM)")
+            for _ in self.pool_scales)
         self.bottleneck = ConvBNReLU(in_channels + len(self.pool_scales) * channels, channels, 3)
 
     def _resize(self, x: torch.Tensor, index: int, size: Sequence[int]) -> torch.Tensor:

@@ -46,6 +46,7 @@ from carafe_exp.models.pyramid_pooling import PAPER_POOL_SCALES, PyramidPooling
 from carafe_exp.models.resnet import build_resnet
 from carafe_exp.models.upernet_blocks import ConvBNReLU, crop_to, csail_init, resize_bilinear
 from carafe_exp.resample import DOWNSAMPLERS, ORIGINAL_DOWNSAMPLER, build_upsampler
+from carafe_exp.resample.guided import upsample_with_guide
 from carafe_exp.resample.registry import split_spec
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,11 @@ class UperNetHead(nn.Module):
         self.fpn_in = nn.ModuleList(ConvBNReLU(c, channels, 1) for c in in_channels[:-1])
         self.fpn_out = nn.ModuleList(ConvBNReLU(channels, channels, 3) for _ in in_channels[:-1])
         # fpn_upsamplers[i] takes the top-down map of level i+1 to level i.
+        # A guided upsampler gets the target level's lateral (before the add) as its guide.
         self.fpn_upsamplers = None if fpn_upsampler is None else nn.ModuleList(
-            build_upsampler(fpn_upsampler, channels, 2) for _ in in_channels[:-1])
+            build_upsampler(fpn_upsampler, channels, 2, guide_available=True,
+                            site=f"model.sites.fpn (UperNet FPN step P{i + 3}→P{i + 2})")
+            for i in range(len(in_channels) - 1))
         self.fuse = FeatureFusion(channels, len(in_channels), upsampler=fuse_upsampler)
         self.conv_last = nn.Sequential(ConvBNReLU(len(in_channels) * channels, channels, 3),
                                        nn.Conv2d(channels, num_classes, 1))
@@ -91,17 +95,18 @@ class UperNetHead(nn.Module):
         groups = (self.ppm.upsamplers, self.fpn_upsamplers, self.fuse.upsamplers)
         return [module for group in groups if group is not None for module in group]
 
-    def _top_down(self, f: torch.Tensor, level: int, size: Sequence[int]) -> torch.Tensor:
+    def _top_down(self, f: torch.Tensor, level: int, lateral: torch.Tensor) -> torch.Tensor:
+        size = lateral.shape[-2:]
         if self.fpn_upsamplers is None:
             return resize_bilinear(f, size)
-        return crop_to(self.fpn_upsamplers[level](f), size)
+        return crop_to(upsample_with_guide(self.fpn_upsamplers[level], f, lateral), size)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         f = self.ppm(features[-1])
         pyramid = [f]
         for i in range(len(features) - 2, -1, -1):
             lateral = self.fpn_in[i](features[i])
-            f = lateral + self._top_down(f, i, lateral.shape[-2:])
+            f = lateral + self._top_down(f, i, lateral)
             pyramid.append(self.fpn_out[i](f))
         pyramid.reverse()  # [P2, P3, P4, P5]
         return self.conv_last(self.fuse(pyramid))

@@ -9,11 +9,14 @@ from carafe_exp.resample import (  # noqa: F401
     carafe,
     dpp,
     dysample,
+    fade,
+    freqfusion,
     gum,
     interpolation,
     learned_upsample,
     lip,
     pooling,
+    sapa,
     spatial_attention,
 )
 from carafe_exp.resample.kernel_predictor import CarafeKernelPredictor, normalize_kernels

@@ -1,0 +1,242 @@
+"""FADE, SAPA and FreqFusion against their formulas (spec newer-upsamplers §1–3), computed here independently.
+
+The expected values use explicit per-pixel loops for every reassembly (not the CARAFE op) and
+plain functional calls for the convolutions, with the module's own weights; float64 gradcheck;
+zero padding at borders; the guided contract's refusals; DySample variants' parameter counts (§4).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from carafe_exp.errors import ConfigError
+from carafe_exp.resample import build_upsampler
+from carafe_exp.resample.sapa_similarity import neighbour_similarity
+
+pytestmark = pytest.mark.usefixtures("_float64")
+
+
+@pytest.fixture
+def _float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+
+
+def reassemble_loops(x: torch.Tensor, kernels: torch.Tensor, k: int, s: int) -> torch.Tensor:
+    """out[n,c,y,x] = Σ_{dy,dx} K[n,dy·k+dx,y,x]·X[n,c,y//s+dy−r,x//s+dx−r], zero outside (spec §0)."""
+    n, c, h, w = x.shape
+    r = k // 2
+    out = torch.zeros(n, c, kernels.shape[-2], kernels.shape[-1], dtype=x.dtype)
+    for y in range(kernels.shape[-2]):
+        for xx in range(kernels.shape[-1]):
+            for dy in range(k):
+                for dx in range(k):
+                    sy, sx = y // s + dy - r, xx // s + dx - r
+                    if 0 <= sy < h and 0 <= sx < w:
+                        out[:, :, y, xx] += kernels[:, dy * k + dx, y, xx, None] * x[:, :, sy, sx]
+    return out
+
+
+def up2(t: torch.Tensor) -> torch.Tensor:
+    return t.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+
+
+def guided(name: str, channels: int, **params) -> torch.nn.Module:
+    return build_upsampler(name, channels, 2, guide_available=True, **params).double()
+
+
+def randomize(module: torch.nn.Module) -> None:
+    """Weights far from their near-zero initialisation, so kernels are far from uniform."""
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.normal_(0, 0.5)
+
+
+# ---- FADE (spec §1) ----
+
+def fade_expected(m, x, g):
+    e = F.conv2d(g, m.guide_compressor.weight, m.guide_compressor.bias)
+    d = F.conv2d(x, m.compressor.weight)
+    enc_w, enc_b = m.content_encoder.weight, m.content_encoder.bias
+    logits = F.conv2d(e, enc_w, enc_b, padding=1) + up2(F.conv2d(d, enc_w, enc_b, padding=1))
+    out = reassemble_loops(x, F.softmax(logits, dim=1), 5, 2)
+    if m.gate is None:
+        return out
+    gate = up2(torch.sigmoid(F.conv2d(x, m.gate.weight, m.gate.bias)))
+    return gate * g + (1 - gate) * out
+
+
+@pytest.mark.parametrize("params", [{}, {"gating": True}, {"form": "eccv"}])
+def test_fade_matches_its_formula_on_a_non_square_map(params: dict) -> None:
+    m = guided("fade", 3, **params)
+    randomize(m)
+    x, g = torch.randn(2, 3, 3, 4), torch.randn(2, 3, 6, 8)
+    torch.testing.assert_close(m(x, guide=g), fade_expected(m, x, g))
+
+
+def test_fade_eccv_semi_shift_is_the_high_res_conv() -> None:
+    """The ECCV form's four shifted stride-2 convs, rearranged as the einops copy of FADE_H2L.py does."""
+    m = guided("fade", 4, form="eccv")
+    randomize(m)
+    e = torch.randn(1, 64, 6, 10)
+    w, b = m.content_encoder.weight, m.content_encoder.bias
+    subs = [F.conv2d(F.pad(e, p), w, b, stride=2) for p in ([1, 0, 1, 0], [0, 1, 1, 0], [1, 0, 0, 1], [0, 1, 0, 1])]
+    stacked = torch.stack(subs, dim=1).view(1, 2, 2, 25, 3, 5)  # (n, a, b, k², h, w)
+    semi_shift = stacked.permute(0, 3, 4, 1, 5, 2).reshape(1, 25, 6, 10)  # 'n (a b) c h w -> n c (h a) (w b)'
+    torch.testing.assert_close(m._guide_logits(e), semi_shift)
+    torch.testing.assert_close(semi_shift, F.conv2d(e, w, b, padding=1))
+
+
+# ---- SAPA (spec §2) ----
+
+def sapa_expected(m, x, g):
+    def ln_linear(norm, linear, t):
+        t = t.permute(0, 2, 3, 1)
+        if norm is not None:
+            t = F.layer_norm(t, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        return F.linear(t, linear.weight, linear.bias).permute(0, 3, 1, 2)
+
+    q = ln_linear(m.norm_guide, m.q, g)
+    if m.variant == "g":
+        gate = up2(torch.sigmoid(ln_linear(m.norm_x, m.gate, x)))
+        q = gate * q + (1 - gate) * ln_linear(None, m.q_x, up2(x))
+    key = ln_linear(m.norm_x, m.k, x)
+    n, c, h, w = x.shape
+    out = torch.zeros(n, c, 2 * h, 2 * w)
+    for y in range(2 * h):
+        for xx in range(2 * w):
+            logits, values = [], []
+            for dy in range(-2, 3):
+                for dx in range(-2, 3):
+                    sy, sx = y // 2 + dy, xx // 2 + dx
+                    inside = 0 <= sy < h and 0 <= sx < w
+                    # Out-of-range neighbour: logit 0, value 0 (the official op).
+                    logits.append((q[:, :, y, xx] * key[:, :, sy, sx]).sum(1) if inside else torch.zeros(n))
+                    values.append(x[:, :, sy, sx] if inside else torch.zeros(n, c))
+            weights = torch.softmax(torch.stack(logits, 1), dim=1)
+            out[:, :, y, xx] = (weights[:, :, None] * torch.stack(values, 1)).sum(1)
+    return out
+
+
+@pytest.mark.parametrize("variant", ["b", "g"])
+def test_sapa_matches_its_formula(variant: str) -> None:
+    m = guided("sapa", 3, variant=variant, embedding_dim=4, guide_channels=5)
+    randomize(m)
+    x, g = torch.randn(2, 3, 3, 4), torch.randn(2, 5, 6, 8)
+    torch.testing.assert_close(m(x, guide=g), sapa_expected(m, x, g))
+
+
+def test_sapa_similarity_equals_the_unfolded_keys_and_has_exact_gradients() -> None:
+    q, key = torch.randn(1, 3, 6, 4, requires_grad=True), torch.randn(1, 3, 3, 2, requires_grad=True)
+    unfolded = F.unfold(key, 3, padding=1).view(1, 3, 9, 3, 2)  # the portable form of spec §2
+    expected = (q[:, :, None] * up2(unfolded)).sum(1)
+    torch.testing.assert_close(neighbour_similarity(q, key, 3, 2), expected)
+    assert torch.autograd.gradcheck(lambda a, b: neighbour_similarity(a, b, 3, 2), (q, key))
+    assert torch.autograd.gradcheck(lambda a, b: neighbour_similarity(a, b, 1, 3),
+                                    (torch.randn(1, 2, 6, 3, requires_grad=True),
+                                     torch.randn(1, 2, 2, 1, requires_grad=True)))
+
+
+# ---- FreqFusion (spec §3) ----
+
+def freqfusion_expected(m, x, g):
+    def normalize(logits, k):
+        window = torch.from_numpy(np.outer(np.hamming(k), np.hamming(k)).reshape(-1)).view(1, -1, 1, 1)
+        weights = torch.softmax(logits, dim=1) * window
+        return weights / weights.sum(1, keepdim=True)
+
+    lp, hp = m.lowpass_encoder, m.highpass_encoder
+    chr_ = F.conv2d(g, m.guide_compressor.weight, m.guide_compressor.bias)
+    clr = F.conv2d(x, m.compressor.weight, m.compressor.bias)
+    a0 = F.conv2d(chr_, hp.weight, hp.bias, padding=1)
+    chr_ = 2 * chr_ - reassemble_loops(chr_, normalize(a0, 3), 3, 1)
+    l_hr = F.conv2d(chr_, lp.weight, lp.bias, padding=1)
+    l_all = l_hr + reassemble_loops(F.conv2d(clr, lp.weight, lp.bias, padding=1), normalize(l_hr, 5), 5, 2)
+    k_lp = normalize(l_all, 5)
+    a_all = a0 + reassemble_loops(F.conv2d(clr, hp.weight, hp.bias, padding=1), k_lp, 5, 2)
+    k_hp = normalize(a_all, 3)
+    lr_up = reassemble_loops(x, k_lp, 5, 2)
+    hr_out = 2 * g - reassemble_loops(g, k_hp, 3, 1)
+    return hr_out + lr_up  # the official FPN step: lateral ← hr_out + lr_up
+
+
+def test_freqfusion_step_adds_up_to_the_official_fusion() -> None:
+    m = guided("freqfusion", 3, c_m=4)
+    randomize(m)
+    x, g = torch.randn(1, 3, 3, 4), torch.randn(1, 3, 6, 8)
+    # The FPN computes lateral + up(x, guide=lateral); that sum is FreqFusion's hr_out + lr_up.
+    torch.testing.assert_close(g + m(x, guide=g), freqfusion_expected(m, x, g))
+
+
+# ---- shared properties ----
+
+CASES = [("fade", {"c_m": 2}), ("fade", {"gating": True, "c_m": 2}), ("sapa", {"embedding_dim": 2}),
+         ("sapa", {"variant": "g", "embedding_dim": 2}), ("freqfusion", {"c_m": 2})]
+
+
+@pytest.mark.parametrize(("name", "params"), CASES)
+def test_float64_gradients(name: str, params: dict) -> None:
+    m = guided(name, 2, **params)
+    randomize(m)
+    x, g = torch.randn(1, 2, 2, 3, requires_grad=True), torch.randn(1, 2, 4, 6, requires_grad=True)
+    # Inputs plus the module's two smallest tensors (every tensor would make gradcheck slow, not stricter).
+    weights = sorted(m.parameters(), key=lambda p: p.numel())[:2]
+    assert torch.autograd.gradcheck(lambda a, b, *_: m(a, guide=b), (x, g, *weights), fast_mode=True)
+
+
+@pytest.mark.parametrize(("name", "params"), CASES[:1] + CASES[2:3])
+def test_zero_padding_at_the_border(name: str, params: dict) -> None:
+    """A constant input stays constant inside but loses the weight of the neighbours beyond the border."""
+    m = guided(name, 2, **params)
+    x, g = torch.ones(1, 2, 5, 5), torch.randn(1, 2, 10, 10)
+    out = m(x, guide=g)
+    kernels = m.kernels(x, g).view(1, 5, 5, 10, 10)
+    torch.testing.assert_close(out[0, 0, 4:6, 4:6], torch.ones(2, 2))  # centre: all 25 neighbours inside
+    inside = kernels[0, 2:, 2:, 0, 0].sum()  # output (0,0): only dy, dx >= 0 exist
+    torch.testing.assert_close(out[0, 0, 0, 0], inside)
+    assert inside < 0.99
+
+
+@pytest.mark.parametrize("name", ["fade", "sapa", "freqfusion"])
+def test_guided_contract_refusals(name: str) -> None:
+    m = build_upsampler(name, 8, 2, guide_available=True)
+    assert m.requires_guide
+    x = torch.randn(1, 8, 4, 4)
+    with pytest.raises(ConfigError, match="needs guide="):
+        m(x)
+    with pytest.raises(ConfigError, match=r"must be \(N, C_guide, 2·H, 2·W\) = \(8, 8\)"):
+        m(x, guide=torch.randn(1, 8, 9, 8))
+    with pytest.raises(ConfigError, match=f"upsampler.scale=4 is not valid for upsampler={name}"):
+        build_upsampler(name, 8, 4, guide_available=True)
+    with pytest.raises(ConfigError, match=f"upsampler={name} needs a guide .* the mask head has none"):
+        build_upsampler(name, 8, 2, site="the mask head")
+
+
+def test_dysample_variants_have_the_official_parameter_counts() -> None:
+    """Spec §4 at C=256, s=2: lp/g4/static 8,224; lp/g4/dynamic (DySample+) 16,416; pl/g8/dynamic 2,064."""
+    def count(name: str, **params) -> int:
+        return sum(p.numel() for p in build_upsampler(name, 256, 2, **params).parameters())
+
+    assert count("dysample") == 8_224
+    assert count("dysample", dyscope=True) == count("dysample_plus") == 16_416
+    assert count("dysample", style="pl", groups=8, dyscope=True) == 2_064
+
+
+def test_guided_parameter_counts() -> None:
+    """FADE at C=256 (spec §1): 16,448 + 16,384 + 14,425 = 47,257, plus 257 for the gate."""
+    def count(name: str, **params) -> int:
+        return sum(p.numel() for p in build_upsampler(name, 256, 2, guide_available=True, **params).parameters())
+
+    assert count("fade") == count("fade", form="eccv") == 47_257
+    assert count("fade", gating=True) == 47_257 + 257
+    # SAPA-B: two LayerNorms (2·256 each) and two Linear 256→64 (+bias); FreqFusion: compressors 2·(256·64+64),
+    # ALPF encoder 64·25·9+25, AHPF encoder 64·9·9+9.
+    assert count("sapa") == 2 * 512 + 2 * (256 * 64 + 64)
+    assert count("freqfusion") == 2 * (256 * 64 + 64) + 64 * 25 * 9 + 25 + 64 * 9 * 9 + 9

@@ -78,17 +78,18 @@ class ResumableBatchSampler(BatchSampler):
         else:
             self._batches, start = pending["batches"], pending["position"]
         self._snapshots = {}
+        replay = pending is not None and pending["snapshot"] is not None
         for index in range(start, len(self._batches)):
-            if pending is not None and index == start:
+            if replay and index == start:
                 # The first untrained batch, with the random state it was first produced with.
                 set_cpu_random_state(pending["snapshot"])
-            elif pending is not None and index == start + 1 and after_restore is not None:
+            elif replay and index == start + 1 and after_restore is not None:
                 set_cpu_random_state(after_restore)
             self._snapshots[index] = cpu_random_state()
             self._snapshots.pop(index - _SNAPSHOTS_KEPT, None)
             self._handed_out = index + 1
             yield self._batches[index]
-        if pending is not None and len(self._batches) == start + 1 and after_restore is not None:
+        if replay and len(self._batches) == start + 1 and after_restore is not None:
             set_cpu_random_state(after_restore)
 
     def state_dict(self) -> dict[str, Any]:
@@ -111,10 +112,10 @@ class ResumableBatchSampler(BatchSampler):
             batches.append(flat[offset:offset + size])
             offset += size
         snapshots = {int(index): snapshot for index, snapshot in state["snapshots"]}
-        if position not in snapshots:
-            raise RuntimeError(f"the checkpoint's data-loader state has no random state for batch {position} "
-                               f"(it has {sorted(snapshots)}); it was not written by LoaderPosition")
-        self._pending = {"batches": batches, "position": position, "snapshot": snapshots[position]}
+        # A batch already produced (fetched ahead of training) is produced again with the random
+        # state it had; one not produced yet is made with the state the checkpoint restored.
+        self._pending = {"batches": batches, "position": position, "snapshot": snapshots.get(position)
+                         if position < int(state["handed_out"]) else None}
 
     @property
     def resuming(self) -> bool:
@@ -152,11 +153,31 @@ class ResumableDataLoader(DataLoader):
 
 
 class LoaderPosition(L.Callback):
-    """Writes the number of the epoch's batches already trained into the saved loader states."""
+    """Writes the number of the epoch's batches already trained into the saved loader states; resumes from them.
+
+    Lightning gives the saved states back to the loaders when it builds them, but a task whose
+    learning-rate schedule asks for ``trainer.estimated_stepping_batches`` has them built (and
+    their first batch fetched) before the checkpoint is restored, and the states are then never
+    applied. So at the start of training the states still waiting are applied here and the
+    training iterator is made again, from the random state the checkpoint holds (applied again:
+    building the first iterator after the restore drew from it).
+    """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from carafe_exp.runs.callbacks import RandomStateCheckpoint
+
+        fit_loop = trainer.fit_loop
+        if fit_loop.restarting and fit_loop._combined_loader_states_to_load and fit_loop._combined_loader is not None:
+            for callback in trainer.callbacks:  # type: ignore[attr-defined]
+                if isinstance(callback, RandomStateCheckpoint) and callback.restored is not None:
+                    callback.load_state_dict(callback.restored)
+            fit_loop._load_combined_loader_states()
+            if fit_loop._data_fetcher is not None:
+                iter(fit_loop._data_fetcher)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        states = checkpoint.get("loops", {}).get("fit_loop", {}).get("combined_loader", [])
+        states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader", [])
         trained = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
         for state in states:
             if isinstance(state, dict) and "handed_out" in state:

@@ -51,11 +51,12 @@ class LastCheckpoint(ModelCheckpoint):
 
     def save_now(self, trainer: L.Trainer) -> Path | None:
         """Write ``last.ckpt`` with the state reached so far; its path, or None when nothing may be saved."""
-        if self._should_skip_saving_checkpoint(trainer):
-            return Path(self.last_model_path) if self.last_model_path else None
+        path = Path(str(self.dirpath)) / f"{self.filename}{self.FILE_EXTENSION}"
+        if self._should_skip_saving_checkpoint(trainer):  # already saved at this step, or nothing may be
+            return path if path.is_file() else None
         self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
         self._last_save_time = time.monotonic()
-        return Path(self.last_model_path)
+        return path
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)

@@ -208,6 +208,8 @@ def main() -> None:
     _quiet_third_party_noise()
     _hydra_entry()
     outcome = sweep_report.last_outcome()
+    if outcome is not None:
+        print(f"carafe-exp: {outcome.summary()}", file=sys.stderr)
     if outcome is not None and outcome.failed:
         print(f"carafe-exp: error: {outcome.message()}", file=sys.stderr)
         sys.exit(1)

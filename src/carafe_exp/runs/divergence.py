@@ -5,8 +5,9 @@ end ``"completed"`` with chance top-1 and a ``metrics.json`` holding ``NaN``; on
 burnt the whole schedule and put a meaningless number into a paper table.
 
 :class:`DivergenceGuard` looks at the loss of every training step (the value the step returned
-and every ``train/*`` term the task logged at that step). A non-finite one stops the run at that
-step: :class:`RunDiverged` propagates before any checkpoint of that step is written (Lightning
+and every ``train/*`` term the task logged at that step) and at the weights the step left (a
+finite but huge loss, 1e22, can already have made a BatchNorm statistic infinite). A non-finite
+one stops the run at that step: :class:`RunDiverged` propagates before any checkpoint of that step is written (Lightning
 runs checkpoint callbacks after the others), so ``last.ckpt`` keeps the last finite state; the
 run loop writes ``"status": "diverged"`` with the step and the term, and the CLI exits with 3.
 
@@ -67,6 +68,21 @@ def _finite_or_term(outputs: Any, logged: dict[str, Any]) -> tuple[str, float] |
     return found
 
 
+def _non_finite_weight(module: torch.nn.Module) -> tuple[str, float] | None:
+    """The first parameter or floating-point buffer holding a NaN or inf, as (``weights: <name>``, value)."""
+    tensors = [(name, t) for name, t in [*module.named_parameters(), *module.named_buffers()]
+               if t.is_floating_point() and t.numel()]
+    if not tensors:
+        return None
+    # One device-to-host synchronisation per step, not one per tensor.
+    finite = torch.stack([t.detach().isfinite().all() for _, t in tensors])
+    if bool(finite.all()):
+        return None
+    name, tensor = tensors[int((~finite).nonzero()[0])]
+    value = tensor.detach()[~tensor.detach().isfinite()].flatten()[0].item()
+    return f"weights: {name}", float(value)
+
+
 class DivergenceGuard(L.Callback):
     """Stops training at a non-finite loss that persists for ``patience`` steps (see the module docstring)."""
 
@@ -84,7 +100,7 @@ class DivergenceGuard(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        bad = _finite_or_term(outputs, dict(trainer.callback_metrics))
+        bad = _finite_or_term(outputs, dict(trainer.callback_metrics)) or _non_finite_weight(pl_module)
         if trainer.world_size > 1:
             # Every rank stops at the same step, or the others would wait in the next collective for ever.
             if trainer.strategy.reduce_boolean_decision(bad is not None, all=False) and bad is None:

@@ -211,8 +211,9 @@ def build_record(*, task: str, overrides: list[str], metrics: Mapping[str, float
         "wall_time_s": float(wall_time_s),
         "throughput": {k: float(v) for k, v in throughput.items()},
     }
-    if status == STATUS_FAILED:
-        record["error"] = error or "unknown error"
+    if status != STATUS_COMPLETED:
+        # The one line carafe-tables shows for the hole ("diverged at step 5 (train/loss = nan)").
+        record["error"] = error or ("unknown error" if status == STATUS_FAILED else status)
     record.update({k: v for k, v in extra.items() if v is not None})
     record, non_finite = without_non_finite(record)
     if non_finite:

@@ -268,6 +268,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         unfinished_record(STATUS_INTERRUPTED, error=f"interrupted by {details['signal']} at step {stop.global_step}",
                           interruption=details)
         stop.recorded = True
+        # A cluster launcher's own handler (submitit's requeue on SIGUSR2) runs once the step is saved.
+        stop_request.chain_previous()
         raise
     except RunDiverged as diverged:
         kept = _last_checkpoint(output_dir)

@@ -10,8 +10,12 @@ The job itself is :func:`carafe_exp.runs.loop.run`, imported when a job starts s
 Failures: bad input (``carafe_exp.errors.UserInputError`` anywhere in the cause chain) is one
 line on stderr and exit status 2; anything else keeps its traceback. Either way the job's
 directory gets a ``metrics.json`` with ``"status": "failed"`` and the reason. In a sweep a
-failed job does not stop the others; at the end the entry point says how many failed and where
-and exits with status 1.
+failed job does not stop the others; at the end the entry point says how many jobs were run,
+skipped, resumed and failed, and exits with status 1 when any failed.
+
+A run stopped by a signal exits with ``128 + signal number`` (a sweep stops there too: the
+scheduler asked the whole process to end); a run whose training loss diverged exits with 3
+(in a sweep the other jobs go on). Both leave their ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -38,10 +42,13 @@ from carafe_exp.sweeps.override_quoting import quote_path_overrides
 from carafe_exp.paths import config_dir
 from carafe_exp.resampler_options import register_resampler_options
 from carafe_exp.runs.preflight import check_config
-from carafe_exp.runs.record import STATUS_FAILED, build_record, write_record
+from carafe_exp.runs.record import STATUS_FAILED, STATUS_INTERRUPTED, build_record, write_record
 from carafe_exp.sweeps.dirname import SWEPT_KEYS_ENV, short_dirname, swept_keys_of
 
 log = logging.getLogger("carafe_exp")
+
+# Exit status of a single run whose training loss became non-finite (carafe_exp.runs.divergence).
+EXIT_DIVERGED = 3
 
 __all__ = ["find_user_error", "main", "one_line", "short_dirname"]
 
@@ -125,6 +132,8 @@ def _hydra_entry(cfg: DictConfig) -> None:
 
         run(cfg)
     except Exception as error:
+        if _ended_by_signal_or_divergence(cfg, error, started):
+            return
         user_error = find_user_error(error)
         reason = one_line(user_error if user_error is not None else error)
         if user_error is None:
@@ -141,6 +150,38 @@ def _hydra_entry(cfg: DictConfig) -> None:
             raise
         print(f"carafe-exp: error: {reason}", file=sys.stderr)
         sys.exit(2)
+
+
+def _ended_by_signal_or_divergence(cfg: DictConfig, error: Exception, started: float) -> bool:
+    """Report a run stopped by a signal (exits 128 + signal) or by divergence (exit 3; a sweep goes on)."""
+    if type(error).__name__ not in ("RunInterrupted", "RunDiverged"):
+        return False
+    from carafe_exp.runs.divergence import RunDiverged
+    from carafe_exp.runs.interruption import RunInterrupted, exit_code_of
+
+    if isinstance(error, RunInterrupted):
+        if not error.recorded and HydraConfig.initialized() and _is_rank_zero():
+            record = build_record(task=str(OmegaConf.select(cfg, "task.name", default=None)),
+                                  overrides=list(HydraConfig.get().overrides.task), metrics={},
+                                  config=_failed_config(cfg), wall_time_s=time.perf_counter() - started,
+                                  throughput={}, status=STATUS_INTERRUPTED,
+                                  error=f"interrupted by {error.signal_name} before training started",
+                                  interruption={"signal": error.signal_name, "epoch": None, "global_step": None,
+                                                "checkpoint": None})
+            write_record(Path(HydraConfig.get().runtime.output_dir), record)
+        where = (f"at epoch {error.epoch}, step {error.global_step}" if error.global_step is not None
+                 else "before training")
+        saved = f"; checkpoint: {error.checkpoint}" if error.checkpoint is not None else "; no checkpoint"
+        print(f"carafe-exp: interrupted by {error.signal_name} {where}{saved} (status \"interrupted\" in "
+              f"metrics.json; the same command resumes a sweep, ckpt_path=last a single run)", file=sys.stderr)
+        sys.exit(exit_code_of(error.signum))
+    assert isinstance(error, RunDiverged)
+    kept = f"; last finite checkpoint: {error.checkpoint}" if error.checkpoint is not None else "; no checkpoint"
+    if _is_multirun():
+        print(f"carafe-exp: error: job {HydraConfig.get().job.num} {error}{kept}", file=sys.stderr)
+        return True
+    print(f"carafe-exp: error: {error}{kept}", file=sys.stderr)
+    sys.exit(EXIT_DIVERGED)
 
 
 class _DropLightningTips(logging.Filter):
@@ -170,6 +211,8 @@ def main() -> None:
     register_resampler_options(argv)
     _hydra_entry()
     outcome = sweep_report.last_outcome()
+    if outcome is not None:
+        print(f"carafe-exp: {outcome.summary()}", file=sys.stderr)
     if outcome is not None and outcome.failed:
         print(f"carafe-exp: error: {outcome.message()}", file=sys.stderr)
         sys.exit(1)

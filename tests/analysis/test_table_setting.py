@@ -24,6 +24,8 @@ MACHINES = {"detection": (8, 2, 16, "frozen"), "segmentation": (8, 2, 16, "synch
 
 def test_every_paper_table_has_its_papers_machine() -> None:
     for table_id, entry in paper_tables().items():
+        if table_id.startswith("beyond/"):
+            continue  # not the CARAFE papers' tables: their numbers come from each method's own recipe
         machine = table_setting(table_id).machine
         assert machine is not None, table_id
         assert (machine.devices, machine.per_device_batch, machine.total_batch, machine.batchnorm) == \

@@ -40,7 +40,8 @@ class RunRecord:
 
     @property
     def metrics(self) -> dict[str, float]:
-        return dict(self.data.get("metrics") or {})
+        # A non-finite value is recorded as null (carafe_exp.runs.record): no number to show.
+        return {name: value for name, value in (self.data.get("metrics") or {}).items() if value is not None}
 
     @property
     def config(self) -> dict[str, Any]:
@@ -98,10 +99,10 @@ def read_run_record(path: Path) -> RunRecord:
     metrics = data.get("metrics")
     if metrics is not None and not isinstance(metrics, dict):
         raise ValueError(f"{path}: 'metrics' must be an object of name -> number")
-    if metrics is None and data.get("status") != FAILED:
+    if metrics is None and data.get("status", COMPLETED) == COMPLETED:
         raise ValueError(f"{path}: has no 'metrics' (a completed run records its metrics)")
     for name, value in (metrics or {}).items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
             raise ValueError(f"{path}: metric {name!r} is {value!r}, not a number")
     return RunRecord(path, data)
 

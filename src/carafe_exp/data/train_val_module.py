@@ -12,6 +12,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from carafe_exp.data.resumable_loader import resumable_loader
+
 
 class TrainValDataModule(L.LightningDataModule):
     """Subclasses set ``batch_size``, ``num_workers``, and ``train_set`` / ``val_set`` in ``setup``."""
@@ -25,9 +27,12 @@ class TrainValDataModule(L.LightningDataModule):
         # Training drops a ragged last batch (BatchNorm), but never the only one: a dataset smaller
         # than a batch must still train rather than stop silently with no batches.
         drop_last = shuffle and len(dataset) >= self.batch_size  # type: ignore[arg-type]
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available(), drop_last=drop_last,
-                          persistent_workers=self.num_workers > 0)
+        options = dict(num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+                       persistent_workers=self.num_workers > 0)
+        if shuffle:
+            # Training: a mid-epoch checkpoint resumes at the next batch (carafe_exp.data.resumable_loader).
+            return resumable_loader(dataset, self.batch_size, shuffle=True, drop_last=drop_last, **options)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, drop_last=drop_last, **options)
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "setup('fit') builds the training set"

@@ -103,11 +103,16 @@ class RandomStateCheckpoint(L.Callback):
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
 
+    restored: dict[str, Any] | None = None
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         import random
 
         import numpy as np
 
+        # Kept so that it can be applied again right before training resumes, after the setup
+        # that follows a restore drew from the generators (carafe_exp.data.resumable_loader).
+        self.restored = state_dict
         torch.set_rng_state(state_dict["torch"])
         kind, keys, pos, has_gauss, cached = state_dict["numpy"]
         np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))

@@ -12,6 +12,11 @@ Resuming and evaluating (``ckpt_path``):
 - a checkpoint whose training already reached the configured end is not trained again: with a
   completed ``metrics.json`` in the run directory nothing is done, otherwise it is evaluated;
 - after training, the final weights (= ``last.ckpt``) are tested, which is what the papers report.
+
+A run that does not end (:mod:`carafe_exp.runs.interruption`, :mod:`carafe_exp.runs.divergence`)
+writes its ``metrics.json`` with ``"status": "interrupted"`` or ``"diverged"`` and re-raises, so the
+CLI exits non-zero. A sweep job first looks at the record its directory already holds
+(:mod:`carafe_exp.runs.rerun`): skipped, resumed or run again.
 """
 
 from __future__ import annotations
@@ -29,15 +34,21 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
+from carafe_exp.data.resumable_loader import LoaderPosition
 from carafe_exp.runs import loggers as run_loggers
+from carafe_exp.runs import rerun as job_rerun
+from carafe_exp.runs.atomic_checkpoint_io import AtomicCheckpointIO
 from carafe_exp.runs.callbacks import RunIdentity, ThroughputTimer
+from carafe_exp.runs.divergence import RunDiverged
+from carafe_exp.runs.interruption import InterruptionCallback, RunInterrupted, StopRequest
+from carafe_exp.runs.interruption import describe as describe_interruption
 from carafe_exp.runs.checkpoint_inspection import CheckpointFile, resolve_ckpt_path
 from carafe_exp.errors import ConfigError
 from carafe_exp.models.build import build_model
 from carafe_exp.runs.name import model_description, run_name
 from carafe_exp.runs.setting_differences import apply_paper_setting, confirm_world_size
-from carafe_exp.runs.record import (METRICS_FILE, STATUS_COMPLETED, build_record, device_description, read_record,
-                                   write_record)
+from carafe_exp.runs.record import (METRICS_FILE, STATUS_COMPLETED, STATUS_DIVERGED, STATUS_INTERRUPTED,
+                                   build_record, device_description, read_record, write_record)
 from carafe_exp.sweeps.dirname import current_swept_overrides
 
 log = logging.getLogger("carafe_exp")
@@ -152,6 +163,23 @@ def _completed_record(output_dir: Path) -> dict[str, Any] | None:
     return record if record.get("status") == STATUS_COMPLETED else None
 
 
+def _last_checkpoint(output_dir: Path) -> Path | None:
+    path = output_dir / "checkpoints" / "last.ckpt"
+    return path if path.is_file() else None
+
+
+def _sweep_job_plan(cfg: DictConfig, output_dir: Path, config: dict[str, Any]) -> job_rerun.JobPlan | None:
+    """What this job does given its directory's record, in a sweep launched without ``ckpt_path``; else None."""
+    rerun = job_rerun.check_rerun(cfg.get("rerun"))
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    if cfg.get("ckpt_path") is not None or not cfg.train:
+        return None
+    return job_rerun.plan_job(output_dir, config, rerun)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one job described by ``cfg`` (already checked by the CLI); return its metrics.json record (rank 0 writes it)."""
     started = time.perf_counter()
@@ -168,6 +196,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     name = str(cfg.name) if cfg.get("name") else run_name(config, choices, current_swept_overrides())
     config["name"] = name
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    plan = _sweep_job_plan(cfg, output_dir, config)
+    if plan is not None:
+        job_rerun.write_action(output_dir, plan)
+        log.info("sweep job %s: %s (%s)", output_dir.name, plan.action, plan.reason)
+        if plan.action in (job_rerun.ACTION_SKIPPED, job_rerun.ACTION_KEPT):
+            assert plan.record is not None
+            return plan.record
+        if plan.action == job_rerun.ACTION_RESUMED:
+            ckpt_path = plan.checkpoint
     checkpoint = CheckpointFile.read(ckpt_path) if ckpt_path is not None else None
     train = bool(cfg.train)
     if train and checkpoint is not None and checkpoint.training_finished(*_limits(cfg)):
@@ -193,26 +230,63 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     callbacks = build_callbacks(cfg)
     timer = ThroughputTimer()
-    callbacks += [timer, RunIdentity(description)]
+    stop_request = StopRequest()
+    callbacks += [timer, RunIdentity(description), InterruptionCallback(stop_request), LoaderPosition()]
     loggers = run_loggers.build_loggers(cfg, name, description)
     # ``callbacks=none`` means none: no checkpoint, progress bar or summary that Lightning adds by itself.
     trainer = build_trainer(
         cfg.trainer, callbacks=callbacks, logger=loggers or False,
         enable_checkpointing=any(isinstance(cb, ModelCheckpoint) for cb in callbacks),
         enable_progress_bar=any(isinstance(cb, ProgressBar) for cb in callbacks),
-        enable_model_summary=any(isinstance(cb, ModelSummary) for cb in callbacks))
+        enable_model_summary=any(isinstance(cb, ModelSummary) for cb in callbacks),
+        plugins=[AtomicCheckpointIO()])
     confirm_world_size(cfg, trainer.world_size)
 
+    def unfinished_record(status: str, **details: Any) -> None:
+        record = build_record(task=str(cfg.task.name), overrides=job_overrides(), metrics={}, config=config,
+                              wall_time_s=time.perf_counter() - started, throughput=timer.summary(),
+                              status=status, name=name, device=device_description(
+                                  trainer.accelerator.__class__.__name__.removesuffix("Accelerator").lower(),
+                                  trainer.num_devices * trainer.num_nodes),
+                              resumed_from=checkpoint.summary() if checkpoint is not None and train else None,
+                              **details)
+        if trainer.is_global_zero:
+            log.info("metrics written to %s", write_record(output_dir, record))
+
     results: list[dict[str, float]] = []
+    stop_request.install()
     try:
         if train:
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+            if stop_request.signum is not None:  # arrived after the last training step
+                raise RunInterrupted(stop_request.signum, _last_checkpoint(output_dir))
         if cfg.test:
             # After fit, evaluate the final weights (what the papers report); otherwise the checkpoint.
             # Lightning's own results table would repeat the one printed below.
             results = trainer.test(module, datamodule=datamodule, verbose=False,
                                    ckpt_path=None if train or ckpt_path is None else str(ckpt_path))
+    except RunInterrupted as stop:
+        if stop.checkpoint is None:
+            stop.checkpoint = _last_checkpoint(output_dir)
+        stop.epoch, stop.global_step = trainer.current_epoch, trainer.global_step
+        details = describe_interruption(stop)
+        unfinished_record(STATUS_INTERRUPTED, error=f"interrupted by {details['signal']} at step {stop.global_step}",
+                          interruption=details)
+        stop.recorded = True
+        # A cluster launcher's own handler (submitit's requeue on SIGUSR2) runs once the step is saved.
+        stop_request.chain_previous()
+        raise
+    except RunDiverged as diverged:
+        kept = _last_checkpoint(output_dir)
+        diverged.checkpoint = kept
+        unfinished_record(STATUS_DIVERGED, error=f"diverged at step {diverged.global_step} ({diverged.term} = "
+                                                 f"{diverged.value})",
+                          divergence={"global_step": diverged.global_step, "epoch": diverged.epoch,
+                                      "term": diverged.term, "value": str(diverged.value),
+                                      "checkpoint": str(kept) if kept is not None else None})
+        raise
     finally:
+        stop_request.uninstall()
         run_loggers.finish_loggers(loggers)
 
     metrics = {key.removeprefix("test/"): value for row in results for key, value in row.items()

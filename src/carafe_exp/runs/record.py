@@ -1,10 +1,21 @@
 """The record of one run, ``metrics.json``: what ran, on what, what it measured, and whether it finished.
 
 Shape (DESIGN.md): ``{"task", "overrides", "metrics", "config", "versions", "wall_time_s",
-"throughput", "status", "device", ...}``. ``status`` is ``"completed"`` or ``"failed"``; a failed
-run also carries ``"error"``, its one-line reason, so a sweep's failed jobs leave a record that
-``carafe-tables`` shows as a hole. A paper table's run also carries ``"setting_differences"``, how
-its machine differs from the paper's (``carafe_exp.runs.setting_differences``).
+"throughput", "status", "device", ...}``. ``status`` is one of:
+
+- ``"completed"``: training (if any) reached its end and the final weights were evaluated;
+- ``"failed"``: with ``"error"``, its one-line reason;
+- ``"interrupted"``: a signal stopped it (``"interruption"``: signal, epoch, global step and the
+  checkpoint saved at that step, which a re-run of the sweep resumes);
+- ``"diverged"``: a non-finite training loss stopped it (``"divergence"``: step, loss term, the
+  last finite checkpoint).
+
+A paper table's run also carries ``"setting_differences"``, how its machine differs from the
+paper's (``carafe_exp.runs.setting_differences``).
+
+Every status but ``"completed"`` is a hole in ``carafe-tables``. The file is strict JSON (RFC 8259,
+which ``jq`` and JavaScript read): a NaN or infinite value is written as ``null`` and its place
+named in ``"non_finite"`` (``["metrics.loss"]``), never as the ``NaN`` token Python would write.
 
 Written atomically (a temporary file in the same directory, then ``os.replace``) so a reader
 never sees half a file, even if the run is killed while writing, and with the mode of the
@@ -16,6 +27,7 @@ only ``metrics.json`` is the result, and no attempt is lost.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
@@ -33,6 +45,9 @@ import carafe_exp
 METRICS_FILE = "metrics.json"
 STATUS_COMPLETED = "completed"
 STATUS_FAILED = "failed"
+STATUS_INTERRUPTED = "interrupted"
+STATUS_DIVERGED = "diverged"
+STATUSES = (STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_DIVERGED)
 _ATTEMPT = re.compile(r"^metrics\.attempt(\d+)\.json$")
 
 
@@ -117,14 +132,36 @@ def default_file_mode() -> int:
     return 0o666 & ~mask
 
 
+def without_non_finite(value: Any, where: str = "") -> tuple[Any, list[str]]:
+    """``value`` with every NaN/inf float replaced by ``None``, and the dotted places replaced."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None, [where]
+    if isinstance(value, Mapping):
+        clean: dict[Any, Any] = {}
+        places: list[str] = []
+        for key, item in value.items():
+            clean[key], found = without_non_finite(item, f"{where}.{key}" if where else str(key))
+            places += found
+        return clean, places
+    if isinstance(value, (list, tuple)):
+        items = [without_non_finite(item, f"{where}[{index}]") for index, item in enumerate(value)]
+        return [item for item, _ in items], [place for _, found in items for place in found]
+    return value, []
+
+
 def write_json_atomic(path: str | os.PathLike[str], payload: Mapping[str, Any], mode: int | None = None) -> Path:
-    """Write ``payload`` as JSON to ``path`` atomically, with ``mode`` (default: that of any new file)."""
+    """Write ``payload`` as strict JSON to ``path`` atomically, with ``mode`` (default: that of any new file).
+
+    A non-finite float is written as ``null`` (see the module docstring); :func:`build_record`
+    also names where.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    payload, _ = without_non_finite(payload)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=False, default=str)
+            json.dump(payload, handle, indent=2, sort_keys=False, default=str, allow_nan=False)
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
@@ -160,9 +197,12 @@ def build_record(*, task: str, overrides: list[str], metrics: Mapping[str, float
                  wall_time_s: float, throughput: Mapping[str, float], status: str = STATUS_COMPLETED,
                  error: str | None = None, device: Mapping[str, Any] | None = None,
                  **extra: Any) -> dict[str, Any]:
-    """The metrics.json payload in the shape DESIGN.md fixes; ``extra`` adds optional fields (checkpoint, wandb)."""
-    if status not in (STATUS_COMPLETED, STATUS_FAILED):
-        raise ValueError(f"status must be {STATUS_COMPLETED!r} or {STATUS_FAILED!r}, got {status!r}")
+    """The metrics.json payload in the shape DESIGN.md fixes; ``extra`` adds optional fields (checkpoint, wandb).
+
+    Non-finite numbers anywhere in it become ``null`` and are listed under ``"non_finite"``.
+    """
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
     record: dict[str, Any] = {
         "task": task,
         "status": status,
@@ -174,9 +214,13 @@ def build_record(*, task: str, overrides: list[str], metrics: Mapping[str, float
         "wall_time_s": float(wall_time_s),
         "throughput": {k: float(v) for k, v in throughput.items()},
     }
-    if status == STATUS_FAILED:
-        record["error"] = error or "unknown error"
+    if status != STATUS_COMPLETED:
+        # The one line carafe-tables shows for the hole ("diverged at step 5 (train/loss = nan)").
+        record["error"] = error or ("unknown error" if status == STATUS_FAILED else status)
     record.update({k: v for k, v in extra.items() if v is not None})
+    record, non_finite = without_non_finite(record)
+    if non_finite:
+        record["non_finite"] = non_finite
     return record
 
 

@@ -66,8 +66,8 @@ def test_readme_own_upsampler_gives_table2_with_an_extra_row(tmp_path: Path, cli
             with_path(cli_env, work), cwd=work, timeout=900)
     jobs = sorted(sweep.glob("*/metrics.json"))
     assert len(jobs) == 3
-    # The sweep directory names it (Hydra's override string escapes the colon: my_up\\:MyUp).
-    user_job = next(p.parent for p in jobs if "my_upsamplers.my_up" in p.parent.name and "MyUp" in p.parent.name)
+    # The sweep directory names it as the user typed it.
+    user_job = next(p.parent for p in jobs if f"upsampler={USER_CLASS}" in p.parent.name)
     record = json.loads((user_job / "metrics.json").read_text())
     assert record["status"] == "completed" and record["config"]["upsampler"]["name"] == USER_CLASS
     choices = {"model": "faster_rcnn", "experiment": "carafe/table2"}

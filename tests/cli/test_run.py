@@ -74,6 +74,8 @@ def test_job_dirname_puts_swept_keys_first_and_drops_fixed_ones_that_do_not_fit(
     name = job_dirname([*many, "+row=carafe/table6/pfu"], ["row"], limit=60)
     assert name.startswith("+row=carafe_table6_pfu,") and len(name) <= 60
     assert job_dirname(["a=1", "ckpt_path=x"], ["a"], exclude_keys=["ckpt_path"]) == "a=1"
+    # A user's module:Class upsampler, as Hydra escapes it in the job's overrides.
+    assert job_dirname(["upsampler=my_pkg.mod\\:MyUp"], ["upsampler"]) == "upsampler=my_pkg.mod:MyUp"
 
 
 def test_unknown_option_lists_available(cli_env: dict[str, str]) -> None:

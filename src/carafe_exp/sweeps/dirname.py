@@ -44,7 +44,9 @@ def short_dirname(overrides: str, limit: int = DIRNAME_LIMIT) -> str:
 def job_dirname(overrides: Sequence[str], swept_keys: Sequence[str], exclude_keys: Collection[str] = (),
                 limit: int = DIRNAME_LIMIT) -> str:
     """A job's directory name: swept overrides first (in ``swept_keys`` order), then fixed ones while they fit."""
-    items = [o.replace("/", "_") for o in overrides if override_key(o) not in exclude_keys]
+    # Hydra escapes the colon of a ``module:Class`` resampler in the job's overrides (``a\\:B``); the
+    # directory shows the name the user typed.
+    items = [o.replace("/", "_").replace("\\:", ":") for o in overrides if override_key(o) not in exclude_keys]
     order = {key: index for index, key in enumerate(swept_keys)}
     swept = sorted((o for o in items if override_key(o) in order), key=lambda o: order[override_key(o)])
     fixed = sorted(o for o in items if override_key(o) not in order)

@@ -37,6 +37,8 @@ bench-op: venv
 
 bench-models: venv
 	$(PY) scripts/bench_models.py --threads 1
+	$(PY) scripts/bench_peers.py --threads 1
+	$(PY) scripts/bench_data.py
 
 clean:
 	rm -rf $(VENV) build dist outputs .pytest_cache

@@ -151,8 +151,12 @@ def detection_pair(size: int, batch: int, device: torch.device) -> dict:
 
 def csail_upernet(num_classes: int) -> tuple[nn.Module, nn.Module, nn.Module]:
     """CSAIL's UperNet R-50 (``mit-semseg``): encoder, decoder, and the training module around them."""
-    from mit_semseg.models.models import Resnet, SegmentationModule, UPerNet
-    from mit_semseg.models.resnet import resnet50
+    try:
+        from mit_semseg.models.models import Resnet, SegmentationModule, UPerNet
+        from mit_semseg.models.resnet import resnet50
+    except ImportError as error:
+        raise SystemExit(f"the upernet pair needs CSAIL's mit-semseg ({error}): install the reference extra "
+                         f"(pip install -e '.[reference]') or run --pairs detection") from None
 
     encoder = Resnet(resnet50(pretrained=False))
     decoder = UPerNet(num_class=num_classes, fc_dim=CSAIL_FC_DIM, fpn_dim=CSAIL_FPN_DIM)
@@ -273,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", default=",".join(PAIRS), help=f"comma-separated subset of {','.join(PAIRS)}")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--quick", action="store_true", help="128-px images, batch 1, two rounds: a smoke test")
+    parser.add_argument("--quick", action="store_true", help="64-px images, batch 1, one round: a smoke test")
     parser.add_argument("--note", default=None, help="free text stored with the machine description")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -282,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not pairs:
         parser.error(f"unknown pair(s) {unknown or pairs}; available: {', '.join(PAIRS)}")
     if args.quick:
-        args.size, args.upernet_size, args.batch, args.rounds = 128, 128, 1, 2
+        args.size, args.upernet_size, args.batch, args.rounds = 64, 64, 1, 1
     if min(args.size, args.upernet_size, args.batch, args.rounds) < 1:
         parser.error("--size, --upernet-size, --batch and --rounds must be positive")
     if args.threads:

@@ -154,7 +154,8 @@ def places_pipelines(root: Path) -> dict[str, Pass]:
     module = PlacesDataModule(str(root), image_size=PLACES_SIZE)
     paths = list_images(root, module.train_list, module.train_dir)
     dataset = PlacesImages(paths, module.train_transform(), PLACES_SIZE, FreeFormMaskSettings())
-    return {"ours": read_all(dataset, list(range(len(paths)))), "decode_floor": decode_files(paths), "images": len(paths)}
+    return {"ours": read_all(dataset, list(range(len(paths)))), "decode_floor": decode_files(paths),
+            "images": len(paths)}
 
 
 def interleave(passes: dict[str, Pass], rounds: int, label: str) -> dict[str, list[float]]:

@@ -20,10 +20,10 @@ A step is forward + loss + backward + SGD step (the halves: forward + backward o
 one warm-up step each, the pair runs interleaved (ours, reference, reference, ours, ...: the
 order alternates each round) so that load drift on a shared machine hits both alike; the ratio
 is median(ours) / median(reference) (> 1: ours is slower), with the median of the per-round
-ratios and the ratio of the fastest rounds beside it. Writes ``benchmarks/results/peers_<device>_<size>px_<date>.json`` (machine and
-load described) and prints a table.
+ratios and the ratio of the fastest rounds beside it. Writes
+``benchmarks/results/peers_<device>_<size>px_<date>.json`` (machine and load described) and prints a table.
 
-    python scripts/bench_peers.py [--size 512] [--upernet-size 512] [--batch 2] [--rounds 5]
+    python scripts/bench_peers.py [--size 512] [--upernet-size 512] [--batch 1] [--rounds 5]
                                      [--pairs detection,upernet] [--device cpu|cuda] [--threads N] [--quick]
 """
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import statistics
@@ -59,6 +60,8 @@ PAIRS = ("detection", "upernet")
 TARGET_MAX_RATIO = 1.05
 NUM_CLASSES_COCO = 80
 NUM_CLASSES_ADE20K = 150
+# --quick: fewer RPN proposals and RoI samples (both sides alike), so the smoke test stays cheap.
+QUICK_BUDGETS = {"rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100, "box_batch_size_per_image": 32}
 # torchvision's RoI box loss is smooth-L1 with beta 1/9 (our default is mmdetection v1's 1.0).
 TORCHVISION_BOX_LOSS_BETA = 1.0 / 9.0
 # CSAIL's UPerNet as its `upernet` architecture builds it (models.py ModelBuilder.build_decoder).
@@ -109,15 +112,21 @@ def detection_batch(batch: int, size: int, device: torch.device) -> tuple[list[t
     return images, targets
 
 
-def detection_pair(size: int, batch: int, device: torch.device) -> dict:
-    """Our Faster R-CNN in torchvision's configuration and torchvision's, with the same weights."""
+def detection_pair(size: int, batch: int, device: torch.device, budgets: dict[str, int] | None = None) -> dict:
+    """Our Faster R-CNN in torchvision's configuration and torchvision's, with the same weights.
+
+    ``budgets`` (RPN/RoI sample counts, torchvision's argument names) go to both alike; None keeps
+    torchvision's defaults (mmdetection's 1x settings).
+    """
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
+    budgets = dict(budgets or {})
     torch.manual_seed(0)
     reference = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=NUM_CLASSES_COCO + 1,
-                                        min_size=size, max_size=size).to(device)
+                                        min_size=size, max_size=size, **budgets).to(device)
     ours = build_faster_rcnn(NUM_CLASSES_COCO, upsampler="nearest", fpn_style="torchvision", head_init="torchvision",
-                             box_loss_beta=TORCHVISION_BOX_LOSS_BETA, min_size=size, max_size=size).to(device)
+                             box_loss_beta=TORCHVISION_BOX_LOSS_BETA, min_size=size, max_size=size,
+                             rcnn=budgets).to(device)
     ours.load_state_dict(reference.state_dict())  # strict: the same parameter names and shapes
     images, targets = detection_batch(batch, size, device)
     optimizers = {"ours": sgd(ours), "reference": sgd(reference)}
@@ -143,6 +152,7 @@ def detection_pair(size: int, batch: int, device: torch.device) -> dict:
             "check": {"first_step_losses": first_losses, "max_abs_loss_difference": difference,
                       "parameters": sum(p.numel() for p in ours.parameters())},
             "settings": {"image_size": size, "batch": batch, "num_classes": NUM_CLASSES_COCO,
+                         "rcnn_budgets": budgets or "torchvision's defaults",
                          "ours": "build_faster_rcnn(upsampler=nearest, fpn_style=torchvision, head_init=torchvision, "
                                  "box_loss_beta=1/9), loaded with the reference's weights",
                          "reference": "torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, "
@@ -162,6 +172,15 @@ def csail_upernet(num_classes: int) -> tuple[nn.Module, nn.Module, nn.Module]:
     decoder = UPerNet(num_class=num_classes, fc_dim=CSAIL_FC_DIM, fpn_dim=CSAIL_FPN_DIM)
     module = SegmentationModule(encoder, decoder, nn.NLLLoss(ignore_index=CSAIL_IGNORE_INDEX))
     return encoder, decoder, module
+
+
+def forward_gflops(forward: Callable[[], object]) -> float:
+    """GFLOPs of one forward pass (torch's FLOP counter: convolutions and matrix products)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        forward()
+    return counter.get_total_flops() / 1e9
 
 
 def upernet_pairs(size: int, batch: int, device: torch.device) -> dict[str, dict]:
@@ -211,13 +230,17 @@ def upernet_pairs(size: int, batch: int, device: torch.device) -> dict[str, dict
                                                   "segmentation_loss at 1/4", "reference": csail}},
         "upernet_encoder": {"steps": encoders, "check": {"parameters": {
             "ours": sum(p.numel() for p in ours.backbone.parameters()),
-            "reference": sum(p.numel() for p in encoder.parameters())}},
+            "reference": sum(p.numel() for p in encoder.parameters())}, "forward_gflops": {
+            "ours": forward_gflops(lambda: ours.backbone(images)),
+            "reference": forward_gflops(lambda: encoder(images, return_feature_maps=True))}},
             "settings": common | {"what": "forward + backward of the ResNet-50 encoder alone (C2-C5)",
                                   "ours": "torchvision ResNet-50 (7x7 stem)",
                                   "reference": "CSAIL Resnet(resnet50()): deep stem, 3x3 convs 64-64-128"}},
         "upernet_decoder": {"steps": decoders, "check": {"parameters": {
             "ours": sum(p.numel() for p in ours.decode_head.parameters()),
-            "reference": sum(p.numel() for p in decoder.parameters())}},
+            "reference": sum(p.numel() for p in decoder.parameters())}, "forward_gflops": {
+            "ours": forward_gflops(lambda: ours.decode_head(features)),
+            "reference": forward_gflops(lambda: decoder(features))}},
             "settings": common | {"what": "forward + backward of the decoder alone on the same C2-C5 features",
                                   "ours": "UperNetHead (PPM, FPN, FUSE, classifier)",
                                   "reference": "CSAIL UPerNet (with its log_softmax)"}},
@@ -272,12 +295,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=512, help="detection: square image side (pixels)")
     parser.add_argument("--upernet-size", type=int, default=512, help="UperNet: square image side (pixels)")
-    parser.add_argument("--batch", type=int, default=2, help="images per step")
+    parser.add_argument("--batch", type=int, default=1, help="images per step")
     parser.add_argument("--rounds", type=int, default=5, help="timed steps per implementation (after a warm-up)")
     parser.add_argument("--pairs", default=",".join(PAIRS), help=f"comma-separated subset of {','.join(PAIRS)}")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--quick", action="store_true", help="64-px images, batch 1, one round: a smoke test")
+    parser.add_argument("--quick", action="store_true",
+                        help="64-px images, batch 1, one round, small RPN/RoI budgets: a smoke test")
     parser.add_argument("--note", default=None, help="free text stored with the machine description")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -299,16 +323,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.note:
         machine["note"] = args.note
 
-    built: dict[str, dict] = {}
-    if "detection" in pairs:
-        built["detection"] = detection_pair(args.size, args.batch, device)
-    if "upernet" in pairs:
-        built |= upernet_pairs(args.upernet_size, args.batch, device)
+    budgets = QUICK_BUDGETS if args.quick else None
+    builders = {"detection": lambda: {"detection": detection_pair(args.size, args.batch, device, budgets)},
+                "upernet": lambda: upernet_pairs(args.upernet_size, args.batch, device)}
     results = {}
-    for name, pair in built.items():
-        batch = args.batch
-        results[name] = summarize(interleave(pair["steps"], args.rounds, name), batch) | {
-            "settings": pair["settings"], "check": pair["check"], "warm_up_s": pair["warm_up_s"]}
+    for family in pairs:
+        # One family's models at a time: the memory of the last is given back before the next is built.
+        for name, pair in builders[family]().items():
+            results[name] = summarize(interleave(pair["steps"], args.rounds, name), args.batch) | {
+                "settings": pair["settings"], "check": pair["check"], "warm_up_s": pair["warm_up_s"]}
+        gc.collect()
 
     report = {
         "benchmark": "whole training steps against the reference implementations (ours / reference)",

@@ -38,6 +38,8 @@ bench-op: venv
 
 bench-models: venv
 	$(PY) scripts/bench_models.py --threads 1
+	$(PY) scripts/bench_peers.py --threads 1
+	$(PY) scripts/bench_data.py
 
 # The CUDA kernels on a GPU: build, GPU tests, timing, 64-bit indexing, compute-sanitizer; JSON in
 # benchmarks/results/. Needs torch, pytest and ninja only, so it uses the venv when there is one and

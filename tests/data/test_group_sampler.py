@@ -72,3 +72,18 @@ def test_the_coco_data_module_groups_its_training_batches(tmp_path: Path) -> Non
     plain = CocoDataModule(tmp_path / "coco", batch_size=2, num_workers=0, sample=sample, group_by_aspect_ratio=False)
     plain.setup("fit")
     assert not isinstance(plain.train_dataloader().batch_sampler, GroupedBatchSampler)
+
+
+def test_a_mid_epoch_state_resumes_the_grouped_order_at_the_next_batch() -> None:
+    # Issue #20: COCO and ADE20K train with grouped batches; a mid-epoch checkpoint continues the epoch.
+    groups = [i % 3 == 0 for i in range(23)]
+    torch.manual_seed(5)
+    first = GroupedBatchSampler(RandomSampler(range(23)), groups, 2)
+    iterator = iter(first)
+    trained = [next(iterator) for _ in range(4)]
+    state = first.state_dict()
+    state["position"] = 4  # what LoaderPosition writes: four batches trained
+    rest = list(iterator)
+    resumed = GroupedBatchSampler(RandomSampler(range(23)), groups, 2)
+    resumed.load_state_dict(state)
+    assert list(resumed) == rest and len(trained) + len(rest) == len(first)

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from carafe_exp.data.ade20k_classes import ADE20K_CLASSES
 from carafe_exp.data.group_sampler import GroupedBatchSampler
+from carafe_exp.data.resumable_loader import ResumableDataLoader, resumable_loader
 from carafe_exp.data.segmentation_transforms import (
     IGNORE_INDEX,
     IMAGENET_MEAN,
@@ -234,13 +235,13 @@ class ADE20KDataModule(SplitDataModule):
             # Image headers only; CSAIL reads the same sizes from its .odgt lists.
             groups = orientation_groups([image_size(image) for image, _ in dataset.pairs])
             batches = GroupedBatchSampler(RandomSampler(dataset), groups, self.batch_size)
-            return DataLoader(dataset, batch_sampler=batches, num_workers=self.num_workers,
-                              collate_fn=self.train_collate(),
+            return ResumableDataLoader(dataset, batch_sampler=batches, num_workers=self.num_workers,
+                                       collate_fn=self.train_collate(),
                               persistent_workers=self.persistent_workers and self.num_workers > 0)
         # A ragged last batch is dropped (BatchNorm), but never the only one.
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
-                          collate_fn=self.train_collate(), drop_last=len(dataset) >= self.batch_size,
-                          persistent_workers=self.persistent_workers and self.num_workers > 0)
+        return resumable_loader(dataset, self.batch_size, shuffle=True, drop_last=len(dataset) >= self.batch_size,
+                                num_workers=self.num_workers, collate_fn=self.train_collate(),
+                                persistent_workers=self.persistent_workers and self.num_workers > 0)
 
     def _eval_loader(self, split: str) -> DataLoader:
         dataset = self._dataset(split, train=False)

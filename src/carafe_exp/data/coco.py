@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from carafe_exp.data import coco_splits
 from carafe_exp.data.detection_transforms import Compose, build_detection_transforms
 from carafe_exp.data.group_sampler import GroupedBatchSampler, aspect_ratio_groups
+from carafe_exp.data.resumable_loader import ResumableDataLoader, resumable_loader
 from carafe_exp.data.split_module import SplitDataModule
 from carafe_exp.errors import ConfigError, DataError
 
@@ -349,11 +350,15 @@ class CocoDataModule(SplitDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset = self._dataset(self.train_split, train=True)
         if not self.group_by_aspect_ratio:
-            return self._loader(dataset, shuffle=True)
+            return resumable_loader(dataset, self.batch_size, shuffle=True, drop_last=False,
+                                    num_workers=self.num_workers, collate_fn=collate_detection,
+                                    pin_memory=self.pin_memory,
+                                    persistent_workers=self.persistent_workers and self.num_workers > 0)
         sizes = [(dataset.coco.imgs[i]["height"], dataset.coco.imgs[i]["width"]) for i in dataset.ids]
         batches = GroupedBatchSampler(RandomSampler(dataset), aspect_ratio_groups(sizes), self.batch_size)
-        return DataLoader(dataset, batch_sampler=batches, num_workers=self.num_workers, collate_fn=collate_detection,
-                          pin_memory=self.pin_memory, persistent_workers=self.persistent_workers and self.num_workers > 0)
+        return ResumableDataLoader(dataset, batch_sampler=batches, num_workers=self.num_workers,
+                                   collate_fn=collate_detection, pin_memory=self.pin_memory,
+                                   persistent_workers=self.persistent_workers and self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._dataset(self.val_split, train=False), shuffle=False)

@@ -11,6 +11,9 @@ The number of batches is ``ceil(len(sampler) / batch_size)`` every epoch, as for
 epoch (each group's last, partly filled buffer) are completed with repeats from the same group,
 largest first, as torchvision's reference ``GroupedBatchSampler`` does; if there are more
 partly filled groups than batches left, the smallest leftovers wait for the next epoch's shuffle.
+
+It is a :class:`~carafe_exp.data.resumable_loader.ResumableBatchSampler`: a mid-epoch checkpoint
+resumes the epoch's grouped order at the next batch (with a ``ResumableDataLoader``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 
-from torch.utils.data import BatchSampler, Sampler
+from torch.utils.data import Sampler
+
+from carafe_exp.data.resumable_loader import ResumableBatchSampler
 
 
 def aspect_ratio_groups(sizes: Sequence[tuple[int, int]]) -> list[int]:
@@ -26,7 +31,7 @@ def aspect_ratio_groups(sizes: Sequence[tuple[int, int]]) -> list[int]:
     return [1 if width / height > 1 else 0 for height, width in sizes]
 
 
-class GroupedBatchSampler(BatchSampler):
+class GroupedBatchSampler(ResumableBatchSampler):
     """Batches of ``batch_size`` indices from ``sampler`` whose ``group_ids`` agree (see module docstring)."""
 
     def __init__(self, sampler: Sampler[int], group_ids: Sequence[int], batch_size: int,
@@ -39,7 +44,7 @@ class GroupedBatchSampler(BatchSampler):
     def __len__(self) -> int:
         return -(-len(self.sampler) // self.batch_size)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def draw_batches(self) -> Iterator[list[int]]:
         buffers: dict[int, list[int]] = defaultdict(list)
         seen: dict[int, list[int]] = defaultdict(list)
         full_batches = 0

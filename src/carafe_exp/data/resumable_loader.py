@@ -7,7 +7,8 @@ the batch that comes next in the interrupted epoch's order, and each later batch
 augmented with the random numbers an uninterrupted run would have used, or the resumed run ends
 with other weights. Three pieces do that:
 
-- :class:`ResumableBatchSampler` draws an epoch's batches from its index sampler (a
+- :class:`ResumableBatchSampler` draws an epoch's batches (``draw_batches``: plain, or grouped by
+  aspect ratio in :class:`carafe_exp.data.group_sampler.GroupedBatchSampler`) from its index sampler (a
   ``RandomSampler``, or the ``DistributedSampler`` Lightning puts in under DDP) when the epoch's
   first batch is fetched, as ``BatchSampler`` does, keeps that order, counts the batches handed
   out, and notes the random state (torch, NumPy, Python: the generators the transforms use) just
@@ -73,7 +74,7 @@ class ResumableBatchSampler(BatchSampler):
         after_restore, self._state_after_restore = self._state_after_restore, None
         if pending is None:
             # Drawn now, when the first batch is fetched: the same random numbers as a BatchSampler.
-            self._batches = [list(batch) for batch in super().__iter__()]
+            self._batches = [list(batch) for batch in self.draw_batches()]
             start = 0
         else:
             self._batches, start = pending["batches"], pending["position"]
@@ -91,6 +92,10 @@ class ResumableBatchSampler(BatchSampler):
             yield self._batches[index]
         if replay and len(self._batches) == start + 1 and after_restore is not None:
             set_cpu_random_state(after_restore)
+
+    def draw_batches(self) -> Iterator[list[int]]:
+        """One epoch's batches in order; a subclass may form them otherwise (aspect-ratio groups)."""
+        return BatchSampler.__iter__(self)
 
     def state_dict(self) -> dict[str, Any]:
         """The epoch's order, the batches handed out, and the random state before the last few of them."""

@@ -196,3 +196,20 @@ def test_a_fast_dev_run_is_not_a_result(tmp_path: Path) -> None:
     assert result.rows[0].status == "missing" and not result.rows[0].runs
     notes = [note for note in result.footnotes() if note.startswith("Not in this table")]
     assert len(notes) == 1 and "fast_dev_run" in notes[0], notes
+
+
+def test_an_evaluation_of_a_released_model_fills_the_papers_baseline_row(tmp_path: Path) -> None:
+    # Issue #18: CSAIL's released UperNet R-50 (CARAFE Table 5's baseline, 40.44 / 79.80) evaluated with
+    # model.weights and train=false is the bilinear row, its source named under the table.
+    rows = paper_table("carafe/table5").run_rows
+    path = write_run(tmp_path, "carafe/table5", rows[0].job_overrides(), {"mIoU": 40.44, "pixel_accuracy": 79.80})
+    record = json.loads(path.read_text())
+    record["config"]["train"] = False
+    record["config"]["model"]["weights"] = "/data/csail/ade20k-resnet50-upernet"
+    record["config"]["model"]["backbone"]["weights"] = None
+    write_json_atomic(path, record)
+    records, _ = load_run_records([tmp_path])
+    result = assemble_table(paper_table("carafe/table5"), records)
+    baseline = next(r for r in result.rows if r.row.label == rows[0].label)
+    assert baseline.status == "completed" and baseline.ours["mIoU"] == pytest.approx(40.44)
+    assert any("ade20k-resnet50-upernet" in note for note in result.footnotes()), result.footnotes()

@@ -205,7 +205,7 @@ class ADE20KDataModule(SplitDataModule):
             from carafe_exp.data.ade20k_sample import write_ade20k_sample
             from carafe_exp.data.sample_cache import ensure_sample
 
-            ensure_sample(self.root, write_ade20k_sample, self.sample)
+            self.root = ensure_sample(self.root, write_ade20k_sample, self.sample)
         if not self.root.is_dir():
             raise DataError(f"data.root={self.root} does not exist; expected {EXPECTED_LAYOUT}")
         self.class_names: tuple[str, ...] = ADE20K_CLASSES

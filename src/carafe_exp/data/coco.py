@@ -274,7 +274,7 @@ class CocoDataModule(SplitDataModule):
             from carafe_exp.data.coco_sample import write_coco_sample
             from carafe_exp.data.sample_cache import ensure_sample
 
-            ensure_sample(self.root, write_coco_sample, self.sample)
+            self.root = ensure_sample(self.root, write_coco_sample, self.sample)
         self._datasets: dict[str, CocoDetection] = {}
         self._categories: list[dict[str, Any]] | None = None
 

@@ -64,7 +64,7 @@ class ImageNetDataModule(TrainValDataModule):
         self.resize_size = int(resize_size)
         self.sample = dict(sample) if sample else None
         if self.sample is not None:
-            ensure_sample(self.root, write_imagefolder_sample, self.sample)
+            self.root = ensure_sample(self.root, write_imagefolder_sample, self.sample)
         check_imagefolder(self.root)
         self.classes = sorted(p.name for p in (self.root / "train").iterdir() if p.is_dir())
         self.num_classes = len(self.classes)

@@ -157,7 +157,7 @@ class PlacesDataModule(TrainValDataModule):
         self.mask_dir = Path(mask_dir).expanduser() if mask_dir else default_cache_dir() / "masks" / "places"
         self.sample = dict(sample) if sample else None
         if self.sample is not None:
-            ensure_sample(self.root, write_places_sample, self.sample)
+            self.root = ensure_sample(self.root, write_places_sample, self.sample)
         self.train_set: PlacesImages | None = None
         self.val_set: PlacesImages | None = None
 

@@ -38,7 +38,7 @@ def _stamp_matches(root: Path, params: Mapping[str, Any]) -> bool:
     if not stamp.is_file():
         return False
     try:
-        return json.loads(stamp.read_text()) == json.loads(json.dumps(dict(params), sort_keys=True))
+        return json.loads(stamp.read_text()) == json.loads(_canonical(params))
     except (OSError, json.JSONDecodeError):
         return False
 
@@ -64,8 +64,7 @@ def ensure_sample(root: str | os.PathLike[str], writer: Callable[..., None], par
         return root
     if root.exists():
         variant = variant_dir(root, params)
-        if variant != root:
-            log.info("%s holds a sample with other parameters; using %s", root, variant)
+        log.info("%s holds a sample with other parameters; using %s", root, variant)
         return _generate(variant, writer, params)
     return _generate(root, writer, params)
 

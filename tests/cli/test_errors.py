@@ -45,12 +45,14 @@ def _one_error_line(result) -> str:
         ([*TINY_CLASSIFICATION, "trainer.devices=0"], ["trainer settings", "Trainer(devices=0)"]),
         ([*TINY_CLASSIFICATION, "trainer.precision=bogus"], ["trainer settings", "Precision 'bogus' is invalid"]),
         ([*TINY_CLASSIFICATION, "schedule.max_epochs=-5"], ["trainer settings", "max_epochs", "-5"]),
+        # Lightning accepts -1 as "train forever"; the lr schedule's total length was an OverflowError.
+        ([*TINY_CLASSIFICATION, "schedule.max_epochs=-1"], ["give the run no end", "max_epochs=-1"]),
         (["task=classification", "schedule=90e", "schedule.warmup_iters=100"],
          ["schedule.warmup_epochs=5 and schedule.warmup_iters=100 both set the warm-up"]),
     ],
     ids=["coco-without-root", "imagenet-without-root", "task-data-mismatch", "k_down", "clip-with-manual-optim",
          "lr-policy", "optimizer", "batch-size-0", "negative-workers", "accumulate-0", "devices-0",
-         "precision", "negative-epochs", "warmup-twice"],
+         "precision", "negative-epochs", "endless-epochs", "warmup-twice"],
 )
 def test_config_errors_are_one_line(args: list[str], expected: list[str], cli_env: dict[str, str],
                                     tmp_path: Path) -> None:

@@ -135,7 +135,8 @@ def test_demo_completes_better_than_a_mean_fill(cli_env: dict[str, str], tmp_pat
     the mean fill's 16.87 % (ratio 0.84), PSNR 15.35 dB against 13.83 dB.
     """
     run_dir = tmp_path / "demo"
-    run_cli(["task=inpainting", "upsampler=carafe", "logger=none", f"hydra.run.dir={run_dir}"], cli_env, timeout=1200)
+    run_cli(["task=inpainting", "upsampler=carafe", "logger=none", f"hydra.run.dir={run_dir}"], cli_env, timeout=1200,
+            fresh_process=True)
     record = json.loads((run_dir / "metrics.json").read_text())
     ours, baseline = record["metrics"], _mean_fill_metrics(record["config"]["data"])
     assert ours["L1"] < 0.9 * baseline["L1"], (ours, baseline)

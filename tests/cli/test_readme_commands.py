@@ -57,7 +57,7 @@ def test_readme_command_composes_and_passes_the_checks(command: str, cli_env: di
 
     arguments = _arguments(command)
     if any(flag in arguments for flag in ("--help", "-h", "--cfg", "-c", "--info", "-i")):
-        result = run_cli(arguments, cli_env)
+        result = run_cli(arguments, cli_env, fresh_process=True)
         assert result.stdout.strip(), command
         return
     monkeypatch.setenv("CARAFE_EXP_CACHE", cli_env["CARAFE_EXP_CACHE"])
@@ -88,5 +88,6 @@ def _first_per_task(commands: list[str]) -> list[str]:
 @pytest.mark.parametrize("command", _first_per_task([c for c in COMMANDS if _runs_here(c)]))
 def test_readme_command_runs_on_the_sample(command: str, cli_env: dict[str, str], tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    run_cli([*_arguments(command), "trainer.fast_dev_run=true", f"hydra.run.dir={run_dir}"], cli_env)
+    run_cli([*_arguments(command), "trainer.fast_dev_run=true", f"hydra.run.dir={run_dir}"], cli_env,
+            fresh_process=True)
     assert '"status": "completed"' in (run_dir / "metrics.json").read_text()

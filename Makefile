@@ -22,7 +22,7 @@ demo: venv
 
 # The equivalence tests fail instead of skipping when a reference package is missing (tests/reference_packages.py).
 test: venv
-	CARAFE_EXP_REQUIRE_REFERENCE=1 $(PY) -m pytest -n $(PYTEST_WORKERS) -m "not gpu or gpu" --timeout 900
+	CARAFE_EXP_REQUIRE_REFERENCE=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal -m "not gpu or gpu" --timeout 900
 
 test-fast: venv
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow"

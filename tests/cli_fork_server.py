@@ -13,16 +13,20 @@ argument: a JSON request ``{"args", "env", "cwd", "stdout", "stderr"}`` per line
 ``{"pid": N}`` once the child is started and ``{"pid": N, "returncode": R}`` when it has ended
 (R negative for a signal, as ``subprocess`` reports it). EOF on stdin ends the server.
 
-Runs that start other processes from ``sys.argv`` (DDP ranks) or need a different interpreter
-set-up (PYTHONPATH, thread counts fixed at import) are started as plain subprocesses instead;
-``helpers.run_cli`` decides.
+A DDP run's rank 0 is the forked child; Lightning starts the other ranks as
+``python -m carafe_exp.cli`` processes from ``__main__.__spec__`` and ``sys.argv``, set here as that
+command sets them. Runs that need a different interpreter set-up (PYTHONPATH, thread counts) are
+started as plain subprocesses instead; ``helpers.run_cli`` decides.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
+
+import __main__
 
 
 def _preload() -> None:
@@ -47,20 +51,15 @@ def _become_the_run(request: dict) -> None:
         os.dup2(target, fd)
         os.close(target)
     sys.path[0] = os.getcwd()
-    import importlib.util
-
-    import __main__
     import carafe_exp.cli
 
     # As `python -m carafe_exp.cli` sets them; Lightning's DDP launcher starts the other ranks
     # from __main__.__spec__ and sys.argv.
     __main__.__spec__ = importlib.util.find_spec("carafe_exp.cli")
     sys.argv = [carafe_exp.cli.__file__, *request["args"]]
-    main = carafe_exp.cli.main
-
     # SystemExit (sys.exit in the CLI) and any exception end the interpreter exactly as in a
     # fresh process: traceback on stderr and status 1, or the status given.
-    main()
+    carafe_exp.cli.main()
 
 
 def serve(reply_fd: int) -> None:

@@ -136,7 +136,7 @@ def build_trainer(node: DictConfig, **kwargs: Any) -> L.Trainer:
     Trainer is built; its message names the argument, and nothing else is built from them here.
     """
     try:
-        trainer = instantiate(node, **kwargs)
+        return instantiate(node, **kwargs)
     except InstantiationException as error:
         cause = error.__cause__
         if isinstance(cause, (MisconfigurationException, ValueError, TypeError)):
@@ -144,13 +144,6 @@ def build_trainer(node: DictConfig, **kwargs: Any) -> L.Trainer:
             raise ConfigError(f"the trainer settings (trainer.*, schedule.max_epochs/max_steps) are not valid: "
                               f"{reason}") from error
         raise
-    # Lightning reads max_epochs=-1 with max_steps=-1 as "train forever"; every learning-rate
-    # schedule here is laid out over the run's length, so a run must have one.
-    if trainer.max_epochs in (None, -1) and trainer.max_steps in (None, -1) and not trainer.fast_dev_run:
-        raise ConfigError(f"the trainer settings (trainer.*, schedule.max_epochs/max_steps) give the run no end "
-                          f"(max_epochs={trainer.max_epochs}, max_steps={trainer.max_steps}): the learning-rate "
-                          f"schedule needs a finite length; set schedule.max_epochs or schedule.max_steps")
-    return trainer
 
 
 def _limits(cfg: DictConfig) -> tuple[int | None, int | None]:

@@ -156,6 +156,19 @@ def check_whole_numbers(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value}: expected a whole number >= {minimum}")
 
 
+def check_run_length(cfg: DictConfig) -> None:
+    """A training run has an end: Lightning reads max_epochs=-1 without max_steps as "train forever",
+    and every learning-rate schedule here is laid out over the run's length."""
+    if not OmegaConf.select(cfg, "train", default=True) or OmegaConf.select(cfg, "trainer.fast_dev_run", default=False):
+        return
+    max_epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
+    max_steps = OmegaConf.select(cfg, "trainer.max_steps", default=-1)
+    if max_epochs == -1 and max_steps in (None, -1):
+        raise ConfigError(f"the trainer settings (trainer.*, schedule.max_epochs/max_steps) give the run no end "
+                          f"(max_epochs={max_epochs}, max_steps={max_steps}): the learning-rate schedule needs a "
+                          f"finite length; set schedule.max_epochs or schedule.max_steps")
+
+
 def check_pretrained_weights(cfg: DictConfig) -> None:
     """A table that starts from a pretraining run's weights has them on the command line (runs.pretrained_chain)."""
     from hydra.core.hydra_config import HydraConfig
@@ -171,6 +184,7 @@ def check_composition(cfg: DictConfig, multirun: bool = False, launcher: str = "
     check_pretrained_weights(cfg)
     check_missing_values(cfg)
     check_whole_numbers(cfg)
+    check_run_length(cfg)
     check_data_kind(cfg)
     check_gradient_clipping(cfg)
     check_optimization(cfg)

@@ -1,8 +1,10 @@
-"""Shared test fixtures: a per-session sample cache, the CLI environment, the gpu marker's skip."""
+"""Shared test fixtures: a per-session sample cache, module directories, the CLI environment, the gpu marker's skip."""
 
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,21 @@ def sample_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = tmp_path_factory.getbasetemp().parent / "carafe-exp-cache"
     cache.mkdir(parents=True, exist_ok=True)
     return cache
+
+
+@pytest.fixture(scope="module")
+def module_tmp_path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A directory one test module's shared runs and checkpoints live in, removed after the module.
+
+    Module-scoped ``tmp_path_factory`` directories otherwise stay until the session ends, and the
+    suite's checkpoints add up to gigabytes. Like ``tmp_path`` under the "failed" retention policy,
+    the directory is kept when a test of the module failed, so its runs can be looked at.
+    """
+    failures_before = request.session.testsfailed
+    path = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    yield path
+    if request.session.testsfailed == failures_before:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -101,9 +101,9 @@ def _assert_normal_std(weight: torch.Tensor, std: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def imagenet_r50_in_hub_cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+def imagenet_r50_in_hub_cache(module_tmp_path: Path) -> dict[str, torch.Tensor]:
     """torchvision's IMAGENET1K_V1 file in a private hub cache (random values; nothing is downloaded)."""
-    hub = tmp_path_factory.mktemp("hub")
+    hub = module_tmp_path
     weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V1
     cached = hub / "checkpoints" / weights.url.rsplit("/", 1)[-1]
     cached.parent.mkdir(parents=True)

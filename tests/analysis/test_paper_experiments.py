@@ -28,11 +28,11 @@ TINY_CLASSIFICATION = ["schedule.max_epochs=1", "data.batch_size=8", "data.num_w
 
 
 @pytest.fixture(scope="module")
-def detection_sweep(tmp_path_factory: pytest.TempPathFactory, sample_cache: Path) -> Path:
+def detection_sweep(module_tmp_path: Path, sample_cache: Path) -> Path:
     """CARAFE Table 10 (three kernel normalisers), each job trained for one epoch on 4 sample images."""
     import os
 
-    base = tmp_path_factory.mktemp("table10")
+    base = module_tmp_path
     env = {**os.environ, "CARAFE_EXP_CACHE": str(sample_cache), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     run_cli(["-m", "experiment=carafe/table10", *TINY_DETECTION, f"data.root={base / 'coco'}",
              f"hydra.sweep.dir={base / 'sweep'}"], env, timeout=900)

@@ -23,9 +23,9 @@ from carafe_exp.runs.record import write_json_atomic
 
 
 @pytest.fixture(scope="module")
-def table4_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def table4_sweep(module_tmp_path: Path) -> Path:
     """CARAFE Table 4: 'none' and 'fpn_mh' completed, 'fpn' failed, 'mh' missing."""
-    sweep = tmp_path_factory.mktemp("table4")
+    sweep = module_tmp_path
     rows = paper_table("carafe/table4").run_rows
     write_run(sweep, "carafe/table4", rows[0].job_overrides(), paper_minus_offset("carafe/table4", 0))
     write_run(sweep, "carafe/table4", rows[1].job_overrides(), {}, status="failed",

@@ -70,9 +70,9 @@ def ours(weights: Path | str, **model_options) -> nn.Module:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, nn.Module, Path]:
+def reference(module_tmp_path: Path) -> tuple[nn.Module, nn.Module, Path]:
     encoder, decoder = csail_reference()
-    return encoder, decoder, save_like_csail(encoder, decoder, tmp_path_factory.mktemp("csail") / "ckpt")
+    return encoder, decoder, save_like_csail(encoder, decoder, module_tmp_path / "ckpt")
 
 
 @pytest.fixture(scope="module")

@@ -90,7 +90,7 @@ def _randomise(module: nn.Module, generator: torch.Generator) -> None:
 
 
 @pytest.fixture(scope="module")
-def mmagic_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path]:
+def mmagic_checkpoint(module_tmp_path: Path) -> tuple[nn.Module, Path]:
     """(mmagic's generator in float64, the checkpoint file mmagic would write for it)."""
     models = _mmagic_registry()
     from mmengine.registry import DefaultScope
@@ -99,7 +99,7 @@ def mmagic_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Modu
     with DefaultScope.overwrite_default_scope("mmagic"):
         inpaintor = _Inpaintor(models.build(ENCDEC), models.build(DISC))
     _randomise(inpaintor, torch.Generator().manual_seed(0))
-    file = tmp_path_factory.mktemp("mmagic") / "gl_places.pth"
+    file = module_tmp_path / "gl_places.pth"
     save_checkpoint({"meta": {"epoch": 1, "iter": 500002, "mmengine_version": "0.10"},
                      "state_dict": weights_to_cpu(inpaintor.state_dict())}, str(file))
     return inpaintor.generator.double().eval(), file

@@ -104,8 +104,8 @@ def _pair(name: str, seed: int, directory: Path) -> Pair:
 
 
 @pytest.fixture(scope="module")
-def pairs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Pair]]:
-    directory = tmp_path_factory.mktemp("mmdet")
+def pairs(module_tmp_path: Path) -> Iterator[dict[str, Pair]]:
+    directory = module_tmp_path
     built = {name: _pair(name, seed, directory) for seed, name in enumerate(OURS)}
     yield built
 

@@ -25,10 +25,10 @@ RUN = [*TINY_CLASSIFICATION, "trainer.deterministic=true", f"schedule.max_epochs
 
 
 @pytest.fixture(scope="module")
-def trained(module_cli_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+def trained(module_cli_env: dict[str, str], module_tmp_path: Path
             ) -> tuple[Path, subprocess.CompletedProcess[str]]:
     """A finished 3-epoch run with the default callbacks and logger, its output captured (piped)."""
-    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    run_dir = module_tmp_path / "run"
     result = run_cli([*RUN, f"hydra.run.dir={run_dir}"], module_cli_env)
     return run_dir, result
 

@@ -1,4 +1,4 @@
-"""Benchmark the guided upsamplers (FADE, SAPA, FreqFusion) beside CARAFE and DySample+, and SAPA's similarity memory.
+"""Benchmark the guided upsamplers (FADE, SAPA, FreqFusion, IndexNet, A2U), CARAFE, DySample+ and SAPA's similarity.
 
     python scripts/bench_upsamplers.py [--device cuda] [--channels 256] [--size 64] [--batch 2]
 
@@ -32,7 +32,7 @@ from carafe_exp.resample.guided import requires_guide  # noqa: E402
 from carafe_exp.resample.sapa_similarity import neighbour_similarity  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
-UPSAMPLERS = ("carafe", "dysample_plus", "fade", "sapa", "freqfusion")
+UPSAMPLERS = ("carafe", "dysample_plus", "fade", "sapa", "freqfusion", "indexnet", "a2u")
 
 
 def synchronize(device: torch.device) -> None:

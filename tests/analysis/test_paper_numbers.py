@@ -116,6 +116,10 @@ def test_experiment_sweeps_exactly_the_papers_rows(table_id: str) -> None:
     ("beyond/faster_rcnn", "FADE", "bbox/AP", 38.5),         # tiny-smart/sapa README
     ("beyond/upernet", "FADE", "mIoU", 41.83),               # tiny-smart/sapa README
     ("beyond/upernet", "SAPA-B", "mIoU", 41.47),             # tiny-smart/sapa README
+    ("beyond/faster_rcnn", "IndexNet", "bbox/AP", 37.6),     # poppinace/sapa README (spec newer-upsamplers §5)
+    ("beyond/faster_rcnn", "A2U", "bbox/AP", 37.3),          # poppinace/sapa, tiny-smart/sapa READMEs
+    ("beyond/upernet", "IndexNet", "mIoU", 41.42),           # tiny-smart/sapa README
+    ("beyond/upernet", "A2U", "mIoU", 41.37),                # tiny-smart/sapa README
 ])
 def test_beyond_tables_quote_the_published_numbers_with_their_source(table_id: str, label: str, column: str,
                                                                      value: float) -> None:

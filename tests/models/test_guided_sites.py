@@ -57,10 +57,11 @@ def test_fpn_passes_each_target_lateral_before_the_add() -> None:
     torch.testing.assert_close(fpn.upsamplers[3].calls[0][0], laterals[4])
 
 
-@pytest.mark.parametrize("name", ["fade", "sapa", "freqfusion"])
-def test_fpn_with_a_guided_upsampler_trains(name: str) -> None:
+@pytest.mark.parametrize(("name", "channels"), [("fade", 8), ("sapa", 8), ("freqfusion", 8), ("indexnet", 8),
+                                                ("a2u", 32)])  # A2U's GroupNorm(32) needs C % 32 == 0
+def test_fpn_with_a_guided_upsampler_trains(name: str, channels: int) -> None:
     torch.manual_seed(0)
-    fpn = ResampledFPN([8, 16, 32], 8, upsampler=name, p6_in_top_down=True)
+    fpn = ResampledFPN([8, 16, 32], channels, upsampler=name, p6_in_top_down=True)
     out = fpn(_features([8, 16, 32], 32))
     sum(level.sum() for level in out.values()).backward()
     assert all(p.grad is not None for up in fpn.upsamplers for p in up.parameters())

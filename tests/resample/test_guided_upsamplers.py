@@ -1,4 +1,4 @@
-"""FADE, SAPA and FreqFusion against their formulas (spec newer-upsamplers §1–3), computed here independently.
+"""FADE, SAPA, FreqFusion, IndexNet and A2U against their formulas (spec newer-upsamplers §1–3, §5), computed here.
 
 The expected values use explicit per-pixel loops for every reassembly (not the CARAFE op) and
 plain functional calls for the convolutions, with the module's own weights; float64 gradcheck;
@@ -175,17 +175,124 @@ def test_freqfusion_step_adds_up_to_the_official_fusion() -> None:
     torch.testing.assert_close(g + m(x, guide=g), freqfusion_expected(m, x, g))
 
 
+# ---- IndexNet and A2U (spec §5; the comparison ports' IndexUp and A2UUp) ----
+
+def sub_pixel_layout(per_position: list[torch.Tensor]) -> torch.Tensor:
+    """(N, C, H, W) maps for sub-pixels (0,0), (0,1), (1,0), (1,1) → one (N, C, 2H, 2W) map."""
+    n, c, h, w = per_position[0].shape
+    out = torch.empty(n, c, 2 * h, 2 * w)
+    for position, values in enumerate(per_position):
+        out[:, :, position // 2::2, position % 2::2] = values
+    return out
+
+
+def batch_norm_eval(bn: torch.nn.BatchNorm2d, t: torch.Tensor) -> torch.Tensor:
+    shape = (1, -1, 1, 1)
+    return ((t - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + bn.eps)
+            * bn.weight.view(shape) + bn.bias.view(shape))
+
+
+def indexnet_expected(m, x, g, block: str):
+    def branch_logits(branch, groups: int, context: bool) -> torch.Tensor:
+        stride_conv = branch[0]
+        t = F.conv2d(g, stride_conv.weight, stride=2, padding=1 if context else 0, groups=groups)
+        if len(branch) == 1:
+            return t
+        t = torch.clamp(batch_norm_eval(branch[1], t), 0, 6)
+        return F.conv2d(t, branch[3].weight, groups=groups)
+
+    if block == "holistic":
+        logits = branch_logits(m.branches[0], 1, True)  # (N, 4, H, W): one channel per sub-pixel
+        positions = [logits[:, p:p + 1] for p in range(4)]
+    else:
+        groups, context = (x.shape[1], False) if block == "o2o" else (1, True)
+        positions = [branch_logits(branch, groups, context) for branch in m.branches]
+    # The port's mask: sigmoid of the decoder indices, which are themselves sigmoid(logits).
+    mask = sub_pixel_layout([torch.sigmoid(torch.sigmoid(p)) for p in positions])
+    return mask * up2(x)
+
+
+@pytest.mark.parametrize("block", ["holistic", "o2o", "m2o"])
+def test_indexnet_matches_its_formula(block: str) -> None:
+    m = guided("indexnet", 3, index_block=block)
+    randomize(m)
+    for bn in (module for module in m.modules() if isinstance(module, torch.nn.BatchNorm2d)):
+        bn.running_mean.normal_(0, 0.5)
+        bn.running_var.uniform_(0.5, 2)
+    m.eval()
+    x, g = torch.randn(2, 3, 3, 4), torch.randn(2, 3, 6, 8)
+    torch.testing.assert_close(m(x, guide=g), indexnet_expected(m, x, g, block))
+
+
+def test_indexnet_mask_lies_where_two_sigmoids_put_it() -> None:
+    """The port's double sigmoid: every index is in (σ(0), σ(1)) = (0.5, 0.731), never near 0."""
+    m = guided("indexnet", 4)
+    randomize(m)
+    mask = m.mask(torch.randn(2, 4, 8, 8) * 10)
+    assert mask.min() > 0.5 and mask.max() < torch.sigmoid(torch.tensor(1.0))
+
+
+def group_norm_leaky(norm: torch.nn.Sequential, t: torch.Tensor) -> torch.Tensor:
+    gn = norm[0]
+    n, c, h, w = t.shape
+    grouped = t.reshape(n, gn.num_groups, -1)
+    mean = grouped.mean(-1, keepdim=True)
+    var = grouped.var(-1, unbiased=False, keepdim=True)
+    normed = ((grouped - mean) / torch.sqrt(var + gn.eps)).reshape(n, c, h, w)
+    normed = normed * gn.weight.view(1, -1, 1, 1) + gn.bias.view(1, -1, 1, 1)
+    return torch.where(normed >= 0, normed, 0.01 * normed)
+
+
+def a2u_expected(m, x, g):
+    n, c = g.shape[:2]
+    k_up = m.kernel_size
+    kernels = []
+    for i in range(n):
+        image = g[i:i + 1]
+        filtered = []
+        for pool_conv, norm in ((m.filter_u, m.norm_u), (m.filter_v, m.norm_v)):
+            conv = pool_conv[1]
+            weights = F.conv2d(F.adaptive_avg_pool2d(image, 6), conv.weight, conv.bias)  # (1, 1, 6, 6): one filter
+            channels = [F.conv2d(image[:, j:j + 1], weights, stride=2, padding=2) for j in range(c)]
+            filtered.append(group_norm_leaky(norm, torch.cat(channels, dim=1)))
+        affinity = (filtered[0] * filtered[1]).sum(1, keepdim=True) / c ** 0.5  # (1, 1, H, W)
+        projection = m.dynamic_projection[1]
+        p = F.conv2d(image.mean((2, 3), keepdim=True), projection.weight, projection.bias)[0, :, 0, 0]
+        # Logit 4t + (2a + b) is kernel entry t at sub-pixel (a, b).
+        positions = [torch.stack([p[4 * t + pos] * affinity[0, 0] for t in range(k_up ** 2)])[None]
+                     for pos in range(4)]
+        kernels.append(torch.softmax(torch.sigmoid(sub_pixel_layout(positions)), dim=1))
+    return reassemble_loops(x, torch.cat(kernels), k_up, 2)
+
+
+def test_a2u_matches_its_formula() -> None:
+    m = guided("a2u", 32)
+    randomize(m)
+    x, g = torch.randn(2, 32, 3, 4), torch.randn(2, 32, 6, 8)
+    torch.testing.assert_close(m(x, guide=g), a2u_expected(m, x, g))
+
+
+def test_a2u_refuses_a_guide_its_group_norm_cannot_split() -> None:
+    with pytest.raises(ConfigError, match="upsampler.guide_channels=48 .* multiple of 32"):
+        build_upsampler("a2u", 48, 2, guide_available=True)
+
+
 # ---- shared properties ----
 
 CASES = [("fade", {"c_m": 2}), ("fade", {"gating": True, "c_m": 2}), ("sapa", {"embedding_dim": 2}),
          ("sapa", {"variant": "g", "embedding_dim": 2}), ("freqfusion", {"c_m": 2})]
+# IndexNet in eval mode (batch statistics of one tiny map are not what gradcheck tests); A2U needs C % 32 == 0.
+GRADIENT_CASES = [(name, params, 2) for name, params in CASES] + [
+    ("indexnet", {}, 2), ("indexnet", {"index_block": "o2o"}, 2), ("indexnet", {"index_block": "m2o"}, 2),
+    ("a2u", {}, 32)]
 
 
-@pytest.mark.parametrize(("name", "params"), CASES)
-def test_float64_gradients(name: str, params: dict) -> None:
-    m = guided(name, 2, **params)
+@pytest.mark.parametrize(("name", "params", "channels"), GRADIENT_CASES)
+def test_float64_gradients(name: str, params: dict, channels: int) -> None:
+    m = guided(name, channels, **params).eval()
     randomize(m)
-    x, g = torch.randn(1, 2, 2, 3, requires_grad=True), torch.randn(1, 2, 4, 6, requires_grad=True)
+    x = torch.randn(1, channels, 2, 3, requires_grad=True)
+    g = torch.randn(1, channels, 4, 6, requires_grad=True)
     # Inputs plus the module's two smallest tensors (every tensor would make gradcheck slow, not stricter).
     weights = sorted(m.parameters(), key=lambda p: p.numel())[:2]
     assert torch.autograd.gradcheck(lambda a, b, *_: m(a, guide=b), (x, g, *weights), fast_mode=True)
@@ -204,19 +311,19 @@ def test_zero_padding_at_the_border(name: str, params: dict) -> None:
     assert inside < 0.99
 
 
-@pytest.mark.parametrize("name", ["fade", "sapa", "freqfusion"])
+@pytest.mark.parametrize("name", ["fade", "sapa", "freqfusion", "indexnet", "a2u"])
 def test_guided_contract_refusals(name: str) -> None:
-    m = build_upsampler(name, 8, 2, guide_available=True)
+    m = build_upsampler(name, 32, 2, guide_available=True)
     assert m.requires_guide
-    x = torch.randn(1, 8, 4, 4)
+    x = torch.randn(1, 32, 4, 4)
     with pytest.raises(ConfigError, match="needs guide="):
         m(x)
     with pytest.raises(ConfigError, match=r"must be \(N, C_guide, 2·H, 2·W\) = \(8, 8\)"):
-        m(x, guide=torch.randn(1, 8, 9, 8))
+        m(x, guide=torch.randn(1, 32, 9, 8))
     with pytest.raises(ConfigError, match=f"upsampler.scale=4 is not valid for upsampler={name}"):
-        build_upsampler(name, 8, 4, guide_available=True)
+        build_upsampler(name, 32, 4, guide_available=True)
     with pytest.raises(ConfigError, match=f"upsampler={name} needs a guide .* the mask head has none"):
-        build_upsampler(name, 8, 2, site="the mask head")
+        build_upsampler(name, 32, 2, site="the mask head")
 
 
 def test_dysample_variants_have_the_official_parameter_counts() -> None:
@@ -240,3 +347,9 @@ def test_guided_parameter_counts() -> None:
     # ALPF encoder 64·25·9+25, AHPF encoder 64·9·9+9.
     assert count("sapa") == 2 * 512 + 2 * (256 * 64 + 64)
     assert count("freqfusion") == 2 * (256 * 64 + 64) + 64 * 25 * 9 + 25 + 64 * 9 * 9 + 9
+    # Spec §5: IndexNet "+6.3M on FPN" (three steps), holistic block conv 4×4 256→512, BN(512), conv 1×1 512→4;
+    # A2U "+0.03M on FPN": GroupNorms 2·2·256, dynamic 1×1 256→36 (+bias), filters U, V 256→1 (+bias).
+    assert count("indexnet") == 256 * 512 * 16 + 2 * 512 + 512 * 4 == 2_100_224
+    assert round(3 * count("indexnet") / 1e6, 1) == 6.3
+    assert count("a2u") == 2 * 2 * 256 + 256 * 36 + 36 + 2 * 257 == 10_790
+    assert round(3 * count("a2u") / 1e6, 2) == 0.03

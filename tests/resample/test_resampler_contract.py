@@ -10,6 +10,7 @@ from carafe_exp.resample import DOWNSAMPLERS, UPSAMPLERS, build_downsampler, bui
 from carafe_exp.resample.guided import requires_guide
 
 CHANNELS = 16
+GUIDED_CHANNELS = 32  # A2U's GroupNorm(32) needs a multiple of 32
 ODD_SIZES = [(5, 7), (3, 1)]
 
 # Non-default settings that exercise other code paths of the same resampler.
@@ -129,12 +130,12 @@ def test_downsamplers_fit_the_resnet_backbone_sites(name: str) -> None:
 
 @pytest.mark.parametrize("name", GUIDED)
 def test_guided_upsampler_returns_doubled_size_and_finite_gradients(name: str) -> None:
-    module = build_upsampler(name, CHANNELS, 2, guide_available=True)
+    module = build_upsampler(name, GUIDED_CHANNELS, 2, guide_available=True)
     for height, width in ODD_SIZES:
-        x = torch.randn(2, CHANNELS, height, width, requires_grad=True)
-        guide = torch.randn(2, CHANNELS, 2 * height, 2 * width)
+        x = torch.randn(2, GUIDED_CHANNELS, height, width, requires_grad=True)
+        guide = torch.randn(2, GUIDED_CHANNELS, 2 * height, 2 * width)
         module.zero_grad()
         out = module(x, guide=guide)
-        assert out.shape == (2, CHANNELS, 2 * height, 2 * width)
+        assert out.shape == (2, GUIDED_CHANNELS, 2 * height, 2 * width)
         assert torch.isfinite(out).all()
         _check_gradients(module, x, out)

@@ -6,12 +6,14 @@ works after ``import carafe_exp.resample``.
 
 # Importing each module registers its resamplers (registration side effects).
 from carafe_exp.resample import (  # noqa: F401
+    a2u,
     carafe,
     dpp,
     dysample,
     fade,
     freqfusion,
     gum,
+    indexnet,
     interpolation,
     learned_upsample,
     lip,

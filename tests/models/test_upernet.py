@@ -162,12 +162,13 @@ def test_every_site_combination_trains_at_odd_sizes(sites: dict[str, bool]) -> N
 @pytest.mark.parametrize("option", [o for o in UPSAMPLER_OPTIONS if o != "dysample_plus"])
 def test_every_upsampler_option_at_every_site(site: str, option: str) -> None:
     sites = {"ppm": False, "fpn": False, "fuse": False, site: True}
+    width = {"channels": 32} if option == "a2u" else {}  # A2U's GroupNorm(32) needs a multiple of 32
     if option in GUIDED and site != "fpn":
         # PPM and FUSE have no high-res guide (spec newer-upsamplers §7): refused in one line naming the site.
         with pytest.raises(ConfigError, match=f"upsampler={option} needs a guide .*model.sites.{site}"):
-            tiny(sites, upsampler=upsampler_config(option), bilinear_is_original=False)
+            tiny(sites, upsampler=upsampler_config(option), bilinear_is_original=False, **width)
         return
-    model = tiny(sites, upsampler=upsampler_config(option), bilinear_is_original=False)
+    model = tiny(sites, upsampler=upsampler_config(option), bilinear_is_original=False, **width)
     expected = {"ppm": 4, "fpn": 3, "fuse": 3}[site]
     assert sum(isinstance(m, UPSAMPLERS[option]) for m in model.modules()) == expected
     # A guided upsampler needs exact ×2 steps: the input padded to SIZE_DIVISOR, as the task does.

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from carafe_exp.errors import ConfigError
 from carafe_exp.resample import build_upsampler
+from carafe_exp.resample.freqfusion_sampler import local_cosine_similarity
 from carafe_exp.resample.sapa_similarity import neighbour_similarity
 
 pytestmark = pytest.mark.usefixtures("_float64")
@@ -164,15 +165,73 @@ def freqfusion_expected(m, x, g):
     k_hp = normalize(a_all, 3)
     lr_up = reassemble_loops(x, k_lp, 5, 2)
     hr_out = 2 * g - reassemble_loops(g, k_hp, 3, 1)
+    if m.sampler is not None:
+        lr_up = official_feature_resample(m.sampler, chr_, clr, lr_up)
     return hr_out + lr_up  # the official FPN step: lateral ← hr_out + lr_up
 
 
-def test_freqfusion_step_adds_up_to_the_official_fusion() -> None:
-    m = guided("freqfusion", 3, c_m=4)
+def official_feature_resample(sampler, chr_, clr, lr_up):
+    """LocalSimGuidedSampler as the official code computes it: unfold, cosine_similarity, init_pos, grid_sample."""
+    def with_similarity(norm, t):
+        t = F.group_norm(t, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        n, c, h, w = t.shape
+        unfolded = F.unfold(t, 3, padding=2, dilation=2).reshape(n, c, 9, h, w)
+        similarity = F.cosine_similarity(unfolded[:, :, 4:5], unfolded, dim=1)
+        return torch.cat([t, similarity[:, :4], similarity[:, 5:]], dim=1)
+
+    def conv(module, t):
+        return F.conv2d(t, module.weight, module.bias, padding=1)
+
+    groups = sampler.groups
+    hr_x, lr_x = with_similarity(sampler.norm_guide, chr_), with_similarity(sampler.norm_input, clr)
+    h = torch.arange(-0.5, 1.5) / 2  # the official _init_pos at scale 2
+    init_pos = torch.stack(torch.meshgrid([h, h], indexing="ij")).transpose(1, 2)
+    init_pos = init_pos.repeat(1, groups, 1).reshape(1, -1, 1, 1)
+    offset = ((conv(sampler.offset, lr_x) + F.pixel_unshuffle(conv(sampler.guide_offset, hr_x), 2))
+              * torch.sigmoid(conv(sampler.scope, lr_x) + F.pixel_unshuffle(conv(sampler.guide_scope, hr_x), 2))
+              + init_pos)
+    n, _, height, width = offset.shape
+    offset = offset.view(n, 2, -1, height, width)
+    coords_h, coords_w = torch.arange(height) + 0.5, torch.arange(width) + 0.5
+    coords = torch.stack(torch.meshgrid([coords_w, coords_h], indexing="ij")).transpose(1, 2).unsqueeze(1).unsqueeze(0)
+    coords = 2 * (coords + offset) / torch.tensor([width, height]).view(1, 2, 1, 1, 1) - 1
+    coords = F.pixel_shuffle(coords.view(n, -1, height, width), 2).view(n, 2, -1, 2 * height, 2 * width)
+    coords = coords.permute(0, 2, 3, 4, 1).flatten(0, 1)
+    sampled = F.grid_sample(lr_up.reshape(n * groups, -1, 2 * height, 2 * width), coords, mode="bilinear",
+                            align_corners=False, padding_mode="border")
+    return sampled.view(n, -1, 2 * height, 2 * width)
+
+
+@pytest.mark.parametrize("params", [{"c_m": 4, "feature_resample": False}, {"c_m": 8}])
+def test_freqfusion_step_adds_up_to_the_official_fusion(params: dict) -> None:
+    m = guided("freqfusion", 4, **params)
     randomize(m)
-    x, g = torch.randn(1, 3, 3, 4), torch.randn(1, 3, 6, 8)
+    x, g = torch.randn(2, 4, 3, 4), torch.randn(2, 4, 6, 8)
     # The FPN computes lateral + up(x, guide=lateral); that sum is FreqFusion's hr_out + lr_up.
     torch.testing.assert_close(g + m(x, guide=g), freqfusion_expected(m, x, g))
+
+
+def test_freqfusion_offset_resampler_starts_near_identity_and_moves_lr_up() -> None:
+    """Zero direction convs: lr_up itself; the official default (Xavier-uniform everywhere) moves it."""
+    m = guided("freqfusion", 4, c_m=8)
+    x, g = torch.randn(1, 4, 3, 4), torch.randn(1, 4, 6, 8)
+    without = guided("freqfusion", 4, c_m=8, feature_resample=False)
+    without.load_state_dict(m.state_dict(), strict=False)
+    assert not torch.allclose(m(x, guide=g), without(x, guide=g))
+    with torch.no_grad():
+        for conv in (m.sampler.offset, m.sampler.guide_offset):
+            conv.weight.zero_()
+            conv.bias.zero_()
+    torch.testing.assert_close(m(x, guide=g), without(x, guide=g))
+
+
+def test_local_cosine_similarity_equals_the_unfolded_form_and_is_zero_outside() -> None:
+    t = torch.randn(2, 5, 6, 7)
+    unfolded = F.unfold(t, 3, padding=2, dilation=2).reshape(2, 5, 9, 6, 7)
+    expected = F.cosine_similarity(unfolded[:, :, 4:5], unfolded, dim=1)
+    ours = local_cosine_similarity(t)
+    torch.testing.assert_close(ours, torch.cat([expected[:, :4], expected[:, 5:]], dim=1))
+    assert (ours[:, 0, :2, :] == 0).all() and (ours[:, 7, :, -2:] == 0).all()  # neighbours beyond the border
 
 
 # ---- IndexNet and A2U (spec §5; the comparison ports' IndexUp and A2UUp) ----
@@ -280,11 +339,11 @@ def test_a2u_refuses_a_guide_its_group_norm_cannot_split() -> None:
 # ---- shared properties ----
 
 CASES = [("fade", {"c_m": 2}), ("fade", {"gating": True, "c_m": 2}), ("sapa", {"embedding_dim": 2}),
-         ("sapa", {"variant": "g", "embedding_dim": 2}), ("freqfusion", {"c_m": 2})]
+         ("sapa", {"variant": "g", "embedding_dim": 2}), ("freqfusion", {"c_m": 2, "feature_resample": False})]
 # IndexNet in eval mode (batch statistics of one tiny map are not what gradcheck tests); A2U needs C % 32 == 0.
 GRADIENT_CASES = [(name, params, 2) for name, params in CASES] + [
     ("indexnet", {}, 2), ("indexnet", {"index_block": "o2o"}, 2), ("indexnet", {"index_block": "m2o"}, 2),
-    ("a2u", {}, 32)]
+    ("a2u", {}, 32), ("freqfusion", {"c_m": 8}, 4)]
 
 
 @pytest.mark.parametrize(("name", "params", "channels"), GRADIENT_CASES)
@@ -346,7 +405,11 @@ def test_guided_parameter_counts() -> None:
     # SAPA-B: two LayerNorms (2·256 each) and two Linear 256→64 (+bias); FreqFusion: compressors 2·(256·64+64),
     # ALPF encoder 64·25·9+25, AHPF encoder 64·9·9+9.
     assert count("sapa") == 2 * 512 + 2 * (256 * 64 + 64)
-    assert count("freqfusion") == 2 * (256 * 64 + 64) + 64 * 25 * 9 + 25 + 64 * 9 * 9 + 9
+    fusion = 2 * (256 * 64 + 64) + 64 * 25 * 9 + 25 + 64 * 9 * 9 + 9
+    assert count("freqfusion", feature_resample=False) == fusion
+    # The offset resampler: 3×3 convs from c_m + 8 similarity channels to 2·4·4 (offset, scope) and 2·4 (their
+    # high-res twins), plus two GroupNorms of c_m.
+    assert count("freqfusion") == fusion + 2 * (72 * 9 * 32 + 32) + 2 * (72 * 9 * 8 + 8) + 2 * 2 * 64
     # Spec §5: IndexNet "+6.3M on FPN" (three steps), holistic block conv 4×4 256→512, BN(512), conv 1×1 512→4;
     # A2U "+0.03M on FPN": GroupNorms 2·2·256, dynamic 1×1 256→36 (+bias), filters U, V 256→1 (+bias).
     assert count("indexnet") == 256 * 512 * 16 + 2 * 512 + 512 * 4 == 2_100_224

@@ -17,9 +17,10 @@ reassembly through the project's op (s = 1 for the low-pass filters, s = 2 to up
 
 At an FPN step the model computes ``lateral + up(x, guide=lateral)``, so this module returns
 ``lr_up + (hr − carafe(hr, N_3(A), 3, 1))``: the sum is exactly the official ``hr_out + lr_up``.
-There is no guide-free form. The official detection configs add an offset resampler
-(``feature_resample=True``, a DySample-like ``LocalSimGuidedSampler``) after ``lr_up``; it is not
-implemented here (README Fidelity table), so ``feature_resample`` must stay false.
+There is no guide-free form. ``feature_resample`` (on by default, as in the official detection
+configs) resamples ``lr_up`` at offsets predicted from ``chr`` and ``clr``
+(:mod:`carafe_exp.resample.freqfusion_sampler`); ``resample_groups`` and ``resample_norm`` are the
+official ``feature_resample_group`` (4) and ``feature_resample_norm`` (on).
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from carafe_exp import ops
-from carafe_exp.resample.checks import ResamplerArgumentError, check_odd_kernel, check_positive_int
+from carafe_exp.resample.checks import ResamplerArgumentError, check_divides, check_odd_kernel, check_positive_int
 from carafe_exp.resample.fade import check_guided_scale
+from carafe_exp.resample.freqfusion_sampler import LocalSimilaritySampler
 from carafe_exp.resample.guided import check_guide
 from carafe_exp.resample.registry import register_upsampler
 from carafe_exp.resample.weight_init import normal_init, xavier_uniform_init
@@ -58,22 +60,29 @@ def normalize_windowed(logits: torch.Tensor, window: torch.Tensor) -> torch.Tens
 class FreqFusionUpsample(nn.Module):
     """FreqFusion's FPN step as ``up(x, guide)`` (see module docstring).
 
-    Config keys: k_lowpass, k_highpass, k_encoder, c_m, feature_resample, guide_channels.
+    Config keys: k_lowpass, k_highpass, k_encoder, c_m, feature_resample, resample_groups, resample_norm,
+    guide_channels.
     """
 
     requires_guide = True
 
     def __init__(self, channels: int, scale: int, k_lowpass: int = 5, k_highpass: int = 3, k_encoder: int = 3,
-                 c_m: int = 64, feature_resample: bool = False, guide_channels: int | None = None) -> None:
+                 c_m: int = 64, feature_resample: bool = True, resample_groups: int = 4, resample_norm: bool = True,
+                 guide_channels: int | None = None) -> None:
         super().__init__()
         check_guided_scale("freqfusion", scale)
         for key, value in (("k_lowpass", k_lowpass), ("k_highpass", k_highpass), ("k_encoder", k_encoder)):
             check_odd_kernel("freqfusion", key, value)
         check_positive_int("freqfusion", "c_m", c_m)
         if feature_resample:
-            raise ResamplerArgumentError("freqfusion", "feature_resample", feature_resample,
-                                         "must be false: the offset resampler (LocalSimGuidedSampler) is not "
-                                         "implemented (README Fidelity table)")
+            check_positive_int("freqfusion", "resample_groups", resample_groups)
+            check_divides("freqfusion", "resample_groups", resample_groups, channels)
+            if c_m % resample_groups:
+                raise ResamplerArgumentError("freqfusion", "c_m", c_m,
+                                             f"must be a multiple of resample_groups={resample_groups}")
+            if resample_norm and c_m % 8:
+                raise ResamplerArgumentError("freqfusion", "c_m", c_m, "must be a multiple of 8 with resample_norm "
+                                             "(the offset resampler's GroupNorm(c_m / 8))")
         guide_channels = channels if guide_channels is None else guide_channels
         check_positive_int("freqfusion", "guide_channels", guide_channels)
         if guide_channels != channels:
@@ -92,9 +101,17 @@ class FreqFusionUpsample(nn.Module):
         normal_init(self.highpass_encoder, std=0.001)
         self.register_buffer("lowpass_window", hamming_window_2d(k_lowpass), persistent=False)
         self.register_buffer("highpass_window", hamming_window_2d(k_highpass), persistent=False)
+        self.sampler = LocalSimilaritySampler(c_m, resample_groups, k_encoder, resample_norm) if feature_resample \
+            else None
 
     def kernels(self, x: torch.Tensor, guide: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The normalised low-pass (N, k_lp², 2H, 2W) and high-pass (N, k_hp², 2H, 2W) kernels."""
+        lowpass, highpass, _, _ = self._kernels_and_compressed(x, guide)
+        return lowpass, highpass
+
+    def _kernels_and_compressed(self, x: torch.Tensor, guide: torch.Tensor
+                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(low-pass kernels, high-pass kernels, enhanced compressed guide, compressed input)."""
         k_lp, k_hp = self.k_lowpass, self.k_highpass
         compressed_hr = self.guide_compressor(guide)
         compressed_lr = self.compressor(x)
@@ -106,12 +123,15 @@ class FreqFusionUpsample(nn.Module):
         lowpass = lowpass_hr + ops.carafe(self.lowpass_encoder(compressed_lr), initial_lowpass, k_lp, 2)
         lowpass_kernels = normalize_windowed(lowpass, self.lowpass_window)
         highpass = highpass_hr + ops.carafe(self.highpass_encoder(compressed_lr), lowpass_kernels, k_lp, 2)
-        return lowpass_kernels, normalize_windowed(highpass, self.highpass_window)
+        return lowpass_kernels, normalize_windowed(highpass, self.highpass_window), compressed_hr, compressed_lr
 
     def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
         guide = check_guide("freqfusion", x, guide, self.scale)
-        lowpass, highpass = self.kernels(x, guide)
+        lowpass, highpass, compressed_hr, compressed_lr = self._kernels_and_compressed(x, guide)
         upsampled = ops.carafe(x, lowpass, self.k_lowpass, self.scale)
+        if self.sampler is not None:
+            # The official call: dysampler(hr_x=chr after its high-pass enhancement, lr_x=clr, feat2sample=lr_up).
+            upsampled = self.sampler(upsampled, compressed_hr, compressed_lr)
         high_frequencies = guide - ops.carafe(guide, highpass, self.k_highpass, 1)
         return upsampled + high_frequencies
 

@@ -6,7 +6,7 @@ with its fixed settings s = 3, k = 6, share = True, d = 1, group = 1). For a gui
 
 - two data-dependent k×k filters per image, shared by all channels:
   ``U = conv1x1_{C_g→1}(adaptive_avg_pool_k×k(G))`` and ``V`` likewise;
-- each channel of G filtered by them with stride 2 (padding (k−1)//2 for even k, k//2 for odd),
+- each channel of G filtered by them with stride 2 and padding (k−1)//2,
   giving (N, C_g, H, W) twice, each through GroupNorm(32) + LeakyReLU(0.01);
 - their affinity ``A = Σ_c U_c·V_c / √C_g`` (N, 1, H, W);
 - a dynamic 1×1 layer per image, ``P = conv1x1_{C_g→4k_up²}(global_avg_pool(G))``, maps A to
@@ -39,11 +39,6 @@ GROUP_NORM_GROUPS = 32  # the port's GroupNorm(num_groups=32) on the filtered gu
 SUB_PIXELS = 4
 
 
-def _stride2_padding(filter_size: int) -> int:
-    """The port's padding: (k−1)//2 for even k (k = 6 gives 2, so 2H → H exactly), k//2 for odd k."""
-    return (filter_size - 1) // 2 if filter_size % 2 == 0 else filter_size // 2
-
-
 @register_upsampler("a2u")
 class AffinityAwareUpsample(nn.Module):
     """A2U: kernels from the affinity of two dynamically filtered copies of the guide (module docstring).
@@ -68,7 +63,8 @@ class AffinityAwareUpsample(nn.Module):
         self.scale = scale
         self.kernel_size = k_up
         self.filter_size = filter_size
-        self.padding = _stride2_padding(filter_size)
+        # The port's (k−1)//2 for even k and k//2 for odd k are one formula; it maps 2H to H for every k.
+        self.padding = (filter_size - 1) // 2
         self.filter_u = nn.Sequential(nn.AdaptiveAvgPool2d(filter_size), nn.Conv2d(guide_channels, 1, 1))
         self.filter_v = nn.Sequential(nn.AdaptiveAvgPool2d(filter_size), nn.Conv2d(guide_channels, 1, 1))
         self.norm_u = nn.Sequential(nn.GroupNorm(GROUP_NORM_GROUPS, guide_channels), nn.LeakyReLU())
